@@ -1,0 +1,46 @@
+# stepcare: the two commands are `make run` and `make test` (see README.md).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Downloads (Kafka jars, Maven repository) are cached here; git ignores it.
+export STEPCARE_CACHE_DIR ?= $(CURDIR)/.cache
+
+.PHONY: venv jars lint format test test-unit run broker-start broker-stop clean
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "stepcare needs Python 3.11, not " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+jars: venv  ## the broker jars of every supported Kafka line (no download once cached)
+	$(BIN)/stepcare broker fetch --all
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint jars  ## ruff, then the whole suite on real brokers
+	$(BIN)/pytest --durations=15
+
+test-unit: venv  ## the tests that need no broker
+	$(BIN)/pytest -m "not integration"
+
+run: venv  ## a local broker (until Ctrl-C); the worker and demo data come with the streaming issue
+	$(BIN)/stepcare broker start --foreground
+
+broker-start: venv
+	$(BIN)/stepcare broker start
+
+broker-stop: venv
+	$(BIN)/stepcare broker stop
+
+clean:
+	-$(BIN)/stepcare broker stop
+	rm -rf .run .pytest_cache .ruff_cache

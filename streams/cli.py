@@ -1,0 +1,144 @@
+"""The ``stepcare`` command line.
+
+A user error (bad option, broker that cannot start) exits with status 2 and one line on stderr;
+no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from streams import broker
+from streams.settings import KAFKA_VERSIONS, Settings, SettingsError
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        return int(args.handler(args, settings) or 0)
+    except (UsageError, SettingsError, broker.BrokerError) as exc:
+        print(f"stepcare: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stepcare", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    show = commands.add_parser("settings", help="print every STEPCARE_* setting and its value")
+    show.set_defaults(handler=_settings)
+
+    brk = commands.add_parser("broker", help="run a local Apache Kafka broker (dev, demo, tests)")
+    actions = brk.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    fetch = actions.add_parser("fetch", help="download the broker jars from Maven Central")
+    fetch.add_argument("--version", help="Kafka version (default: STEPCARE_KAFKA_VERSION)")
+    fetch.add_argument("--all", action="store_true", help=f"every supported line {KAFKA_VERSIONS}")
+    fetch.set_defaults(handler=_broker_fetch)
+
+    start = actions.add_parser("start", help="start a KRaft broker on 127.0.0.1 and wait for it")
+    start.add_argument("--version", help="Kafka version (default: STEPCARE_KAFKA_VERSION)")
+    start.add_argument("--nodes", type=int, choices=(1, 3), default=1, help="1 or 3 nodes")
+    start.add_argument("--port", type=int, help="client port of node 1 (default 9092)")
+    start.add_argument("--run-dir", type=Path, help="data, logs and state (default .run/kafka)")
+    start.add_argument(
+        "--foreground", action="store_true", help="stay attached; Ctrl-C stops the broker"
+    )
+    start.set_defaults(handler=_broker_start)
+
+    stop = actions.add_parser("stop", help="stop the broker started from the run folder")
+    stop.add_argument("--run-dir", type=Path)
+    stop.set_defaults(handler=_broker_stop)
+
+    status = actions.add_parser("status", help="is the broker running? (exit 0 if so, 1 if not)")
+    status.add_argument("--run-dir", type=Path)
+    status.set_defaults(handler=_broker_status)
+    return parser
+
+
+def _settings(args: argparse.Namespace, settings: Settings) -> int:
+    for name, default, doc in Settings.describe():
+        field = name.removeprefix("STEPCARE_").lower()
+        print(f"{name}={getattr(settings, field)}\n    {doc} (default: {default})")
+    return 0
+
+
+def _broker_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    versions = KAFKA_VERSIONS if args.all else (args.version or settings.kafka_version,)
+    for version in versions:
+        libs = broker.fetch_jars(version, settings.cache_dir, report=_err)
+        _err(f"Kafka {version} jars: {libs}")
+    return 0
+
+
+def _broker_start(args: argparse.Namespace, settings: Settings) -> int:
+    cluster = broker.Cluster(
+        args.run_dir or settings.broker_run_dir,
+        args.version or settings.kafka_version,
+        broker.default_nodes(args.nodes, args.port or settings.broker_port),
+        cache_dir=settings.cache_dir,
+        heap_mb=settings.broker_heap_mb,
+        report=_err,
+    )
+    bootstrap = cluster.start()
+    print(bootstrap)
+    if not args.foreground:
+        _err(f"stop it with: stepcare broker stop --run-dir {cluster.run_dir}")
+        return 0
+    _err("Ctrl-C stops the broker")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while cluster.running_pids():
+            time.sleep(1)
+        _err("the broker exited by itself; see its logs in " + str(cluster.run_dir))
+        return 1
+    except KeyboardInterrupt:
+        _err("stopping the broker ...")
+        return 0
+    finally:
+        cluster.stop()
+
+
+def _broker_stop(args: argparse.Namespace, settings: Settings) -> int:
+    run_dir = args.run_dir or settings.broker_run_dir
+    cluster = broker.Cluster.load(run_dir, report=_err)
+    if cluster is None or not cluster.running_pids():
+        _err(f"no broker running from {run_dir}")
+        return 0
+    cluster.stop()
+    _err(f"stopped the broker at {cluster.bootstrap_servers}")
+    return 0
+
+
+def _broker_status(args: argparse.Namespace, settings: Settings) -> int:
+    run_dir = args.run_dir or settings.broker_run_dir
+    cluster = broker.Cluster.load(run_dir, report=_err)
+    if cluster is None or not cluster.running_pids():
+        print(f"not running ({run_dir})")
+        return 1
+    pids = cluster.running_pids()
+    print(f"Kafka {cluster.version} running at {cluster.bootstrap_servers} (pids {pids})")
+    return 0
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

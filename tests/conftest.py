@@ -1,0 +1,104 @@
+"""Shared fixtures: a real Kafka broker per supported line, started once per test session.
+
+``kafka_bootstrap`` is the default line's broker (``STEPCARE_KAFKA_VERSION``);
+``line_bootstrap`` is parametrized over every supported line, for the smoke tests. Set
+``STEPCARE_TEST_BOOTSTRAP=host:port`` to run everything against a broker you started yourself
+(then the smoke tests run once, on that broker).
+
+Brokers are stopped in the session teardown, which also runs when the run is interrupted
+(Ctrl-C, or SIGTERM, turned into KeyboardInterrupt below); if the run is SIGKILLed, the kernel
+kills the brokers with it (``die_with_parent``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from streams.broker import Cluster, free_nodes
+from streams.settings import KAFKA_VERSIONS, Settings
+
+EXTERNAL = os.environ.get("STEPCARE_TEST_BOOTSTRAP")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "line_bootstrap" in metafunc.fixturenames:
+        versions = ["external"] if EXTERNAL else list(KAFKA_VERSIONS)
+        metafunc.parametrize("line_bootstrap", versions, indirect=True, scope="session")
+
+
+class Brokers:
+    """Starts one single-node broker per Kafka version on demand; stops them all at the end."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.settings = Settings.from_env()
+        self.tmp_path_factory = tmp_path_factory
+        self.clusters: dict[str, Cluster] = {}
+
+    def bootstrap(self, version: str) -> str:
+        if EXTERNAL:
+            return EXTERNAL
+        if version not in self.clusters:
+            cluster = Cluster(
+                self.tmp_path_factory.mktemp(f"kafka-{version}"),
+                version,
+                free_nodes(1),
+                cache_dir=self.settings.cache_dir,
+                heap_mb=self.settings.broker_heap_mb,
+                die_with_parent=True,
+                report=lambda line: print(f"[broker] {line}", file=sys.__stderr__, flush=True),
+            )
+            self.clusters[version] = cluster
+            cluster.start()
+        return self.clusters[version].bootstrap_servers
+
+    def stop_all(self) -> None:
+        for cluster in self.clusters.values():
+            cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Brokers]:
+    registry = Brokers(tmp_path_factory)
+    try:
+        yield registry
+    finally:
+        registry.stop_all()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(brokers: Brokers) -> str:
+    """Bootstrap servers of the default Kafka line's broker."""
+    return brokers.bootstrap(brokers.settings.kafka_version)
+
+
+@pytest.fixture(scope="session")
+def line_bootstrap(request: pytest.FixtureRequest, brokers: Brokers) -> str:
+    """Bootstrap servers of a broker of one supported Kafka line (parametrized)."""
+    return brokers.bootstrap(request.param)
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> str:
+    """A topic name no other test uses (safe on a shared or reused broker)."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name)[:60]
+    return f"test.{readable}.{uuid.uuid4().hex[:8]}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
