@@ -381,8 +381,9 @@ class Cluster:
         libs = fetch_jars(self.version, self.cache_dir, self.report)
         java = find_java()
         started = time.monotonic()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
-        self.run_dir.mkdir(parents=True)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes:  # only what a previous start made: the run folder may be shared
+            shutil.rmtree(self.node_dir(node.node_id), ignore_errors=True)
         self.cluster_id = _cluster_id()
         self._save()
         formatting = [self._format(java, libs, node) for node in self.nodes]
