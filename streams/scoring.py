@@ -123,16 +123,22 @@ class FactLScore:
         }
 
 
-# Precomputed at import: item code -> (subscale index, item score indexed by response).
-# Subscale index -1 marks an unscored item. Private copies, so editing the public constants
-# cannot change how forms are scored.
-_FORWARD = (0, 1, 2, 3, 4)
-_REVERSE = (4, 3, 2, 1, 0)
+# Precomputed at import (private copies: editing the public constants cannot change scoring).
+# Each answered item adds one packed number to its subscale's accumulator: the item score in the
+# low 8 bits plus 1 << 8 to count it as answered, so one addition updates both the sum and the
+# count (a subscale sum is at most 28, well below 256). Unscored items (B5, L5) go to a sixth,
+# discarded accumulator, after their response has been checked like any other.
+_SHIFT = 8
+_ANSWERED = 1 << _SHIFT
+_SUM_MASK = _ANSWERED - 1
+_DISCARD = len(SUBSCALES)
+_FORWARD = tuple(_ANSWERED + response for response in range(5))
+_REVERSE = tuple(_ANSWERED + 4 - response for response in range(5))
 _ITEMS: dict[str, tuple[int, tuple[int, ...]]] = {
     code: (index, _REVERSE if code in REVERSED else _FORWARD)
     for index, items in enumerate(SUBSCALES.values())
     for code in items
-} | {code: (-1, _FORWARD) for code in UNSCORED}
+} | {code: (_DISCARD, _FORWARD) for code in UNSCORED}
 _N_PWB, _N_SWB, _N_EWB, _N_FWB, _N_LCS = (len(items) for items in SUBSCALES.values())
 _N_G = _N_PWB + _N_SWB + _N_EWB + _N_FWB
 _N_L = _N_G + _N_LCS
@@ -169,28 +175,32 @@ def score_fact_l(responses: Mapping[str, int | None]) -> FactLScore:
     Raises :class:`ScoringError` for an unknown item code or a response that is not a whole
     number 0-4 or None (booleans, 2.5 and "3" are all refused).
     """
-    sums = [0, 0, 0, 0, 0]
-    counts = [0, 0, 0, 0, 0]
-    items = _ITEMS
+    acc = [0, 0, 0, 0, 0, 0]  # PWB, SWB, EWB, FWB, LCS, discarded (B5, L5)
+    get = _ITEMS.get
     for code, response in responses.items():
-        entry = items.get(code)
+        entry = get(code)
         if entry is None:
             raise ScoringError(f"unknown item code {code!r}")
         if response is None:
             continue
         if type(response) is not int or not 0 <= response <= 4:
             response = _checked(code, response)
-        index, item_scores = entry
-        if index >= 0:
-            sums[index] += item_scores[response]
-            counts[index] += 1
+        index, packed = entry
+        acc[index] += packed[response]
 
-    n_pwb, n_swb, n_ewb, n_fwb, n_lcs = counts
-    pwb = sums[0] * _N_PWB / n_pwb if 2 * n_pwb > _N_PWB else None
-    swb = sums[1] * _N_SWB / n_swb if 2 * n_swb > _N_SWB else None
-    ewb = sums[2] * _N_EWB / n_ewb if 2 * n_ewb > _N_EWB else None
-    fwb = sums[3] * _N_FWB / n_fwb if 2 * n_fwb > _N_FWB else None
-    lcs = sums[4] * _N_LCS / n_lcs if 2 * n_lcs > _N_LCS else None
+    p, s, e, f, lc = acc[0], acc[1], acc[2], acc[3], acc[4]
+    n_pwb, n_swb, n_ewb, n_fwb, n_lcs = (
+        p >> _SHIFT,
+        s >> _SHIFT,
+        e >> _SHIFT,
+        f >> _SHIFT,
+        lc >> _SHIFT,
+    )
+    pwb = (p & _SUM_MASK) * _N_PWB / n_pwb if 2 * n_pwb > _N_PWB else None
+    swb = (s & _SUM_MASK) * _N_SWB / n_swb if 2 * n_swb > _N_SWB else None
+    ewb = (e & _SUM_MASK) * _N_EWB / n_ewb if 2 * n_ewb > _N_EWB else None
+    fwb = (f & _SUM_MASK) * _N_FWB / n_fwb if 2 * n_fwb > _N_FWB else None
+    lcs = (lc & _SUM_MASK) * _N_LCS / n_lcs if 2 * n_lcs > _N_LCS else None
 
     n_g = n_pwb + n_swb + n_ewb + n_fwb
     fact_g = fact_l = toi = None
@@ -200,7 +210,12 @@ def score_fact_l(responses: Mapping[str, int | None]) -> FactLScore:
             fact_g = four
         if lcs is not None and n_g + n_lcs >= _MIN_L:
             fact_l = four + lcs
-    if pwb is not None and fwb is not None and lcs is not None and n_pwb + n_fwb + n_lcs >= _MIN_TOI:
+    if (
+        pwb is not None
+        and fwb is not None
+        and lcs is not None
+        and n_pwb + n_fwb + n_lcs >= _MIN_TOI
+    ):
         toi = pwb + fwb + lcs
 
     return FactLScore(pwb, swb, ewb, fwb, lcs, fact_g, fact_l, toi, n_g + n_lcs)

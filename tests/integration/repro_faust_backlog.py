@@ -1,7 +1,7 @@
 """Reproduces a known faust-streaming 0.15.3 defect: an event is lost when it is waiting in the
 topic while a restarted worker recovers its table from the changelog.
 
-Not collected by the suite (it fails in about one run of ten); run it on purpose:
+Not collected by the suite (one attempt in 10 to 16 loses the event here); run it on purpose:
 
     STEPCARE_CACHE_DIR=$PWD/.cache .venv/bin/pytest tests/integration/repro_faust_backlog.py
 
