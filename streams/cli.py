@@ -7,13 +7,16 @@ no traceback reaches the user.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from streams import broker
+from streams.scoring import ScoringError, score_fact_l
 from streams.settings import KAFKA_VERSIONS, Settings, SettingsError
 
 EXIT_USAGE = 2
@@ -39,6 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stepcare", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    score = commands.add_parser(
+        "score",
+        help="score FACT-L forms (JSON or JSONL: events, surveys or bare response maps)",
+        description="One JSON object out per object in, in order. Invalid input: exit 2.",
+    )
+    score.add_argument("file", nargs="?", default="-", help="input file, or - for stdin")
+    score.set_defaults(handler=_score)
 
     show = commands.add_parser("settings", help="print every STEPCARE_* setting and its value")
     show.set_defaults(handler=_settings)
@@ -69,6 +80,66 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--run-dir", type=Path)
     status.set_defaults(handler=_broker_status)
     return parser
+
+
+def _score(args: argparse.Namespace, settings: Settings) -> int:
+    text = _read_input(args.file)
+    # Score everything before writing anything: a bad object leaves stdout empty.
+    lines = []
+    for where, obj in _json_objects(text):
+        try:
+            scores = score_fact_l(_responses_of(obj))
+        except ScoringError as exc:
+            raise UsageError(f"{where}: {exc}") from None
+        lines.append(json.dumps(scores.as_dict()))
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    return 0
+
+
+def _read_input(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {name}: {exc}") from None
+
+
+def _json_objects(text: str) -> Iterator[tuple[str, Any]]:
+    """("input" or "line N", object) for a single JSON document, or for each line of JSONL."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    else:
+        yield ("line 1" if len(text.strip().splitlines()) == 1 else "input"), whole
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"line {number}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"line {number}: not JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _responses_of(obj: Any) -> Any:
+    """The FACT-L responses in a PatientEvent, a ``survey`` object, or a bare responses map."""
+    if not isinstance(obj, dict):
+        raise ScoringError(f"expected a JSON object, got {type(obj).__name__}")
+    if {"type", "event_id", "survey"} & obj.keys():  # a PatientEvent
+        survey = obj.get("survey")
+        if not isinstance(survey, dict):
+            raise ScoringError(f"event of type {obj.get('type')!r} carries no survey to score")
+        obj = survey
+    if "responses" in obj:  # a survey object
+        instrument = obj.get("instrument", "FACT-L")
+        if instrument != "FACT-L":
+            raise ScoringError(f"instrument {instrument!r} is not FACT-L")
+        obj = obj["responses"]
+        if not isinstance(obj, dict):
+            raise ScoringError("responses must be an object of item codes")
+    return obj
 
 
 def _settings(args: argparse.Namespace, settings: Settings) -> int:
