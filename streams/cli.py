@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from streams import broker
+from streams.events import EventError, parse_time
+from streams.policy import PolicyError, resolve_policy
+from streams.replay import RejectedLine, replay
 from streams.scoring import ScoringError, score_fact_l
 from streams.settings import KAFKA_VERSIONS, Settings, SettingsError
 
@@ -32,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         return int(args.handler(args, settings) or 0)
-    except (UsageError, SettingsError, broker.BrokerError) as exc:
+    except (UsageError, SettingsError, PolicyError, RejectedLine, broker.BrokerError) as exc:
         print(f"stepcare: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -50,6 +53,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     score.add_argument("file", nargs="?", default="-", help="input file, or - for stdin")
     score.set_defaults(handler=_score)
+
+    rep = commands.add_parser(
+        "replay",
+        help="run the engine over a JSONL event log; escalations as JSONL",
+        description="Escalations go to stdout (or --output) and nothing else does; rejected "
+        "lines (number and reason) and a summary go to stderr.",
+    )
+    rep.add_argument("--input", required=True, help="JSONL log of PatientEvents, or - for stdin")
+    rep.add_argument("--output", help="write escalations here instead of stdout")
+    rep.add_argument(
+        "--policy", help="built-in policy name (step-pc-2024, early-pc) or a TOML file"
+    )
+    rep.add_argument("--until", help="advance the clock to this RFC 3339 time at the end")
+    rep.add_argument("--strict", action="store_true", help="exit 2 on the first bad line")
+    rep.set_defaults(handler=_replay)
 
     show = commands.add_parser("settings", help="print every STEPCARE_* setting and its value")
     show.set_defaults(handler=_settings)
@@ -94,6 +112,38 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
         lines.append(json.dumps(scores.as_dict()))
     sys.stdout.write("".join(line + "\n" for line in lines))
     return 0
+
+
+def _replay(args: argparse.Namespace, settings: Settings) -> int:
+    policy = resolve_policy(args.policy)
+    try:
+        until = None if args.until is None else parse_time(args.until)
+    except EventError as exc:
+        raise UsageError(f"--until: {exc}") from None
+    source = _open_input(args.input)
+    try:
+        output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    try:
+        with source:
+            summary, engine = replay(source, policy, output, until=until, strict=args.strict)
+    finally:
+        if output is not sys.stdout:
+            output.close()
+        else:
+            output.flush()
+    _err(summary.text(patients=len(engine.states)))
+    return 0
+
+
+def _open_input(name: str):
+    if name == "-":
+        return sys.stdin
+    try:
+        return open(name, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
 
 
 def _read_input(name: str) -> str:

@@ -1,0 +1,181 @@
+"""Patient events: their types, validation of the JSON rendering (DESIGN §3), and event times.
+
+A ``PatientEvent`` that leaves this module is valid: known type, RFC 3339 UTC time, a FACT-L
+survey whose responses were checked and scored (scoring is validation: an unknown item code or
+a response outside 0-4 is an ``EventError``). The engine can therefore never fail on an event.
+Times are kept as integer milliseconds since the Unix epoch (UTC).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from streams.scoring import FactLScore, ScoringError, score_fact_l
+
+DAY_MS = 86_400_000
+
+
+class EventType(StrEnum):
+    SURVEY_SUBMITTED = "SURVEY_SUBMITTED"
+    ENROLLED = "ENROLLED"
+    TREATMENT_CHANGED = "TREATMENT_CHANGED"
+    HOSPITAL_ADMITTED = "HOSPITAL_ADMITTED"
+    HOSPITAL_DISCHARGED = "HOSPITAL_DISCHARGED"
+    PALLIATIVE_VISIT_COMPLETED = "PALLIATIVE_VISIT_COMPLETED"
+    DISENROLLED = "DISENROLLED"
+    DECEASED = "DECEASED"
+    CLOCK_TICK = "CLOCK_TICK"  # control record: advances a partition's clock, nothing else
+
+
+class EventError(ValueError):
+    """The event is not valid input; the message is the reason (dead letter / rejects report)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Survey:
+    instrument: str
+    version: str
+    responses: Mapping[str, int | None]
+    scores: FactLScore  # computed once, when the event is read
+
+
+@dataclass(frozen=True, slots=True)
+class PatientEvent:
+    event_id: str
+    patient_id: str
+    occurred_at: int  # ms since the epoch, UTC
+    type: EventType
+    source: str | None = None
+    survey: Survey | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+# -- times ------------------------------------------------------------------------------------
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d{2}):(\d{2}))"
+)
+
+
+def parse_time(text: object) -> int:
+    """An RFC 3339 timestamp (``2024-03-01T09:30:00Z``, optional fraction and offset) in ms."""
+    if not isinstance(text, str):
+        raise EventError(f"timestamp must be an RFC 3339 string, got {type(text).__name__}")
+    match = _RFC3339.fullmatch(text)
+    if not match:
+        raise EventError(f"timestamp {text!r} is not RFC 3339 (e.g. 2024-03-01T09:30:00Z)")
+    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
+    try:
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+    except ValueError as exc:
+        raise EventError(f"timestamp {text!r}: {exc}") from None
+    ms = int(moment.timestamp()) * 1000 + int((match[7] or "0")[:3].ljust(3, "0"))
+    if match[8]:
+        offset = (int(match[9]) * 60 + int(match[10])) * 60_000
+        ms -= offset if match[8] == "+" else -offset
+    return ms
+
+
+def format_time(ms: int) -> str:
+    """RFC 3339 UTC with a ``Z``; milliseconds only when they are not zero."""
+    seconds, millis = divmod(ms, 1000)
+    text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
+
+
+# -- JSON rendering ---------------------------------------------------------------------------
+
+_FIELDS = frozenset(
+    {"event_id", "patient_id", "occurred_at", "type", "source", "survey", "attributes"}
+)
+_SURVEY_FIELDS = frozenset({"instrument", "version", "responses"})
+MAX_ID_LENGTH = 128
+
+
+def event_from_json(obj: Any) -> PatientEvent:
+    """Validate one decoded JSON object as a PatientEvent; ``EventError`` says what is wrong."""
+    if not isinstance(obj, dict):
+        raise EventError(f"an event is a JSON object, not {type(obj).__name__}")
+    unknown = obj.keys() - _FIELDS
+    if unknown:
+        raise EventError(f"unknown field {sorted(unknown)[0]!r}")
+    try:
+        kind = EventType(obj.get("type"))
+    except ValueError:
+        raise EventError(f"unknown event type {obj.get('type')!r}") from None
+    occurred_at = parse_time(obj.get("occurred_at"))
+    patient_id = _identifier(obj, "patient_id", allow_empty=kind is EventType.CLOCK_TICK)
+    if kind is EventType.CLOCK_TICK and patient_id:
+        raise EventError("a CLOCK_TICK has an empty patient_id")
+    event_id = _identifier(obj, "event_id", allow_empty=kind is EventType.CLOCK_TICK)
+    source = obj.get("source")
+    if source is not None and not isinstance(source, str):
+        raise EventError("source must be a string")
+    attributes = obj.get("attributes") or {}
+    if not isinstance(attributes, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+    ):
+        raise EventError("attributes must map strings to strings")
+    survey = obj.get("survey")
+    if kind is EventType.SURVEY_SUBMITTED:
+        survey = _survey(survey)
+    elif survey is not None:
+        raise EventError(f"a {kind} event carries no survey")
+    return PatientEvent(event_id, patient_id, occurred_at, kind, source, survey, attributes)
+
+
+def _identifier(obj: dict, name: str, *, allow_empty: bool) -> str:
+    value = obj.get(name, "" if allow_empty else None)
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise EventError(f"{name} must be a non-empty string")
+    if len(value) > MAX_ID_LENGTH:
+        raise EventError(f"{name} is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _survey(obj: Any) -> Survey:
+    if not isinstance(obj, dict):
+        raise EventError("a SURVEY_SUBMITTED event needs a survey object")
+    unknown = obj.keys() - _SURVEY_FIELDS
+    if unknown:
+        raise EventError(f"unknown survey field {sorted(unknown)[0]!r}")
+    instrument = obj.get("instrument")
+    if instrument != "FACT-L":
+        raise EventError(f"survey instrument {instrument!r} is not FACT-L")
+    version = obj.get("version", "4")
+    if version != "4":
+        raise EventError(f"FACT-L version {version!r} is not supported (version 4 is)")
+    responses = obj.get("responses")
+    if not isinstance(responses, dict):
+        raise EventError("survey responses must be an object of item codes")
+    try:
+        scores = score_fact_l(responses)
+    except ScoringError as exc:
+        raise EventError(str(exc)) from None
+    return Survey(instrument, version, responses, scores)
+
+
+def event_to_json(event: PatientEvent) -> dict[str, Any]:
+    """The JSON rendering of an event (the inverse of ``event_from_json``)."""
+    obj: dict[str, Any] = {
+        "event_id": event.event_id,
+        "patient_id": event.patient_id,
+        "occurred_at": format_time(event.occurred_at),
+        "type": str(event.type),
+    }
+    if event.source is not None:
+        obj["source"] = event.source
+    if event.survey is not None:
+        obj["survey"] = {
+            "instrument": event.survey.instrument,
+            "version": event.survey.version,
+            "responses": dict(event.survey.responses),
+        }
+    if event.attributes:
+        obj["attributes"] = dict(event.attributes)
+    return obj
