@@ -148,7 +148,7 @@ def replay(
     *,
     until: int | None = None,
     strict: bool = False,
-    rejects: IO[str] = sys.stderr,
+    rejects: IO[str] | None = None,
 ) -> tuple[ReplaySummary, PartitionEngine]:
     """Run a JSONL log through the engine in file order; escalations to ``output`` as JSONL.
 
@@ -156,6 +156,7 @@ def replay(
     ``strict``, the first one raises :class:`RejectedLine`). ``until`` advances the clock at
     the end, firing the timers due before it.
     """
+    rejects = sys.stderr if rejects is None else rejects
     engine = PartitionEngine(policy)
     summary = ReplaySummary()
     started = time.monotonic()

@@ -110,7 +110,8 @@ def _decode_v1(data: bytes) -> PatientState:
         pos += 8
     if flags & _REQUEST_OPEN:
         kind, due_by, eid = _REQUEST.unpack_from(data, pos)
-        request = OpenRequest(_KINDS[kind], due_by, str(uuid.UUID(bytes=eid)), bool(more & _OVERDUE_SENT))
+        overdue_sent = bool(more & _OVERDUE_SENT)
+        request = OpenRequest(_KINDS[kind], due_by, str(uuid.UUID(bytes=eid)), overdue_sent)
         pos += _REQUEST.size
     n = data[pos]
     recent = struct.unpack_from(f"<{n}Q", data, pos + 1)
