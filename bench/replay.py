@@ -249,7 +249,7 @@ def generate(path: Path, events: int, patients: int | None, seed: int) -> Genera
     rng = Random(seed)
     records: list[Record] = []
     patient = 0
-    while len(records) < events if patients is None else patient < patients:
+    while (patient < patients) if patients is not None else (len(records) < events):
         patient += 1
         records.extend(patient_records(rng, patient))
     records.sort()
@@ -274,7 +274,9 @@ class ReplayRun:
         return self.summary.events + self.summary.rejected
 
 
-def replay_file(path: Path, policy: Policy, until: int | None, limit: int | None = None) -> ReplayRun:
+def replay_file(
+    path: Path, policy: Policy, until: int | None, limit: int | None = None
+) -> ReplayRun:
     """Replay the log (or its first ``limit`` lines) in-process; escalations to /dev/null."""
     rejects = io.StringIO()
     with (
@@ -370,21 +372,39 @@ def report(log: GeneratedLog, run: ReplayRun, cli: CliRun, seed: int) -> None:
         else f"failed (exit {cli.returncode})"
     )
     rows = [
-        ("Replay in-process, one core", f"{in_process:,.0f} events/s ({run.seconds:.1f} s)",
-         goal_rate, status(in_process >= GOAL_EVENTS_PER_SECOND)),
-        ("Replay CLI end to end", cli_value, goal_rate,
-         status(cli.returncode == 0 and cli_rate >= GOAL_EVENTS_PER_SECOND)),
-        (f"State bytes/patient, all ({everyone.patients:,})", everyone.text(), goal_size,
-         status(everyone.max <= GOAL_STATE_BYTES)),
-        (f"State bytes/patient, monitored ({monitored.patients:,})", monitored.text(), goal_size,
-         status(monitored.max <= GOAL_STATE_BYTES)),
-    ]  # fmt: skip
+        (
+            "Replay in-process, one core",
+            f"{in_process:,.0f} events/s ({run.seconds:.1f} s)",
+            goal_rate,
+            status(in_process >= GOAL_EVENTS_PER_SECOND),
+        ),
+        (
+            "Replay CLI end to end",
+            cli_value,
+            goal_rate,
+            status(cli.returncode == 0 and cli_rate >= GOAL_EVENTS_PER_SECOND),
+        ),
+        (
+            f"State bytes/patient, all ({everyone.patients:,})",
+            everyone.text(),
+            goal_size,
+            status(everyone.max <= GOAL_STATE_BYTES),
+        ),
+        (
+            f"State bytes/patient, monitored ({monitored.patients:,})",
+            monitored.text(),
+            goal_size,
+            status(monitored.max <= GOAL_STATE_BYTES),
+        ),
+    ]
     summary = run.summary
     outcomes = ", ".join(f"{n:,} {o}" for o, n in sorted(summary.outcomes.items()))
     kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(summary.escalations.items()))
     print("\n## Replay benchmark\n")
-    print(f"- Machine: {cpu_model()} (platform.processor(): {platform.processor()!r}), ")
-    print(f"  {os.cpu_count()} CPUs, {platform.platform()}")
+    print(
+        f"- Machine: {cpu_model()} (platform.processor(): {platform.processor()!r}), "
+        f"{os.cpu_count()} CPUs, {platform.platform()}"
+    )
     print(f"- Python {platform.python_version()} ({platform.python_implementation()})")
     print(
         f"- Log: {log.lines:,} events, {log.patients:,} patients (seed {seed}), "
