@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Downloads (Kafka jars, Maven repository) are cached here; git ignores it.
 export STEPCARE_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: venv jars lint format test test-unit run broker-start broker-stop clean
+.PHONY: venv jars lint format test test-unit run bench broker-start broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "stepcare needs Python 3.11, not " + sys.version.split()[0]'
@@ -34,6 +34,9 @@ test-unit: venv  ## the tests that need no broker
 
 run: venv  ## a local broker (until Ctrl-C); the worker and demo data come with the streaming issue
 	$(BIN)/stepcare broker start --foreground
+
+bench: venv  ## benchmarks (not tests): offline replay events/s and state bytes per patient
+	$(BIN)/python bench/replay.py
 
 broker-start: venv
 	$(BIN)/stepcare broker start

@@ -100,7 +100,7 @@ Record = tuple[int, int, int, EventType, str, bytes | None]
 
 @dataclass(frozen=True, slots=True)
 class Trajectory:
-    """A patient's FACT-L total over survey cycles (k = 0 at enrollment)."""
+    """A patient's FACT-L total over 6-week survey cycles (cycle 0: at enrollment)."""
 
     baseline: float
     slope: float = 0.0  # points lost per 6-week cycle (gradual decline)
