@@ -38,9 +38,9 @@ from __future__ import annotations
 import hashlib
 import statistics
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from streams.events import DAY_MS, EventType, PatientEvent, format_time
 from streams.policy import Policy
@@ -117,8 +117,7 @@ class Escalation:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class OpenRequest:
+class OpenRequest(NamedTuple):
     """The one visit request a patient may have open."""
 
     kind: Kind
@@ -127,8 +126,7 @@ class OpenRequest:
     overdue_sent: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class HeldSurvey:
+class HeldSurvey(NamedTuple):
     """A valid FACT-L total that arrived before enrollment."""
 
     occurred_at: int
@@ -136,8 +134,7 @@ class HeldSurvey:
     event_key: int
 
 
-@dataclass(frozen=True, slots=True)
-class PatientState:
+class PatientState(NamedTuple):
     """Everything the engine remembers of one patient (pseudonymous: no responses, no names)."""
 
     care_step: int = 0  # 0 = not enrolled, 1, 2
@@ -174,7 +171,15 @@ def escalation_id(patient_id: str, kind: Kind, trigger: str, policy: Policy) -> 
     """UUIDv5 of ``patient_id|kind|trigger|policy_id|policy_version`` (trigger: event id, or
     the deadline in RFC 3339 for timer-fired kinds): a replay or redelivery gives the same id."""
     name = f"{patient_id}|{kind}|{trigger}|{policy.policy_id}|{policy.policy_version}"
-    return str(uuid.uuid5(ESCALATION_NAMESPACE, name))
+    # uuid.uuid5 without its object overhead (RFC 4122 §4.3: SHA-1, version 5, variant 10).
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NAMESPACE_BYTES = ESCALATION_NAMESPACE.bytes
 
 
 # -- applying events ----------------------------------------------------------------------------
@@ -190,8 +195,8 @@ def apply(state: PatientState, event: PatientEvent, policy: Policy) -> Result:
     recent = (*state.recent[-(RECENT_EVENTS - 1) :], key)
     handler = _HANDLERS.get(event.type)
     if handler is None:  # HOSPITAL_ADMITTED (context only) and CLOCK_TICK (not a patient event)
-        return Result(replace(state, recent=recent), outcome=Outcome.APPLIED)
-    return handler(replace(state, recent=recent), event, key, policy)
+        return Result(state._replace(recent=recent), outcome=Outcome.APPLIED)
+    return handler(state._replace(recent=recent), event, key, policy)
 
 
 def _on_enrolled(state: PatientState, event: PatientEvent, key: int, policy: Policy) -> Result:
@@ -220,8 +225,7 @@ def _on_enrolled(state: PatientState, event: PatientEvent, key: int, policy: Pol
             baseline=chosen.total if chosen else None,
         ),
     )  # fmt: skip
-    new = replace(
-        state,
+    new = state._replace(
         care_step=step,
         enrolled_at=t,
         baseline=chosen.total if chosen else None,
@@ -243,7 +247,7 @@ def _on_survey(state: PatientState, event: PatientEvent, key: int, policy: Polic
         if total is None:
             return Result(state, outcome=Outcome.IGNORED)  # nothing worth holding
         return Result(
-            replace(state, held=_hold(state.held, t, total, key, policy)), outcome=Outcome.HELD
+            state._replace(held=_hold(state.held, t, total, key, policy)), outcome=Outcome.HELD
         )
     if total is None:
         return Result(state)  # an incomplete form: no valid total, nothing changes
@@ -254,14 +258,13 @@ def _on_survey(state: PatientState, event: PatientEvent, key: int, policy: Polic
     if policy.baseline_mode == "rolling":
         totals = (*totals, (t, total))[-policy.rolling_count :]
     if state.baseline is None:
-        new = replace(
-            state, baseline=total, baseline_key=key, last_survey_at=last, totals=totals,
+        new = state._replace(baseline=total, baseline_key=key, last_survey_at=last, totals=totals,
             survey_due=_survey_deadline(state.enrolled_at, last, policy),
         )  # fmt: skip
         return Result(new)
     in_step_1 = state.care_step == 1
     survey_due = _survey_deadline(state.enrolled_at, last, policy) if in_step_1 else None
-    new = replace(state, last_survey_at=last, totals=totals, survey_due=survey_due)
+    new = state._replace(last_survey_at=last, totals=totals, survey_due=survey_due)
     if state.care_step != 1 or key == state.baseline_key:
         return Result(new)
     baseline = _comparison_baseline(state, t, policy)
@@ -284,8 +287,8 @@ def _on_survey(state: PatientState, event: PatientEvent, key: int, policy: Polic
             INSTRUMENT, baseline, total, change, threshold,
         ),
     )  # fmt: skip
-    stepped = replace(
-        new, care_step=2, survey_due=None, request=OpenRequest(Kind.STEP_UP, due, eid)
+    stepped = new._replace(
+        care_step=2, survey_due=None, request=OpenRequest(Kind.STEP_UP, due, eid)
     )
     return Result(stepped, (escalation,))
 
@@ -304,7 +307,7 @@ def _on_step1_trigger(state: PatientState, event: PatientEvent, key: int, policy
         policy.policy_id, policy.policy_version,
         Reason(f"{text}: palliative-care visit due within {policy.visit_window_days:g} days."),
     )  # fmt: skip
-    return Result(replace(state, request=OpenRequest(kind, due, eid)), (escalation,))
+    return Result(state._replace(request=OpenRequest(kind, due, eid)), (escalation,))
 
 
 _STEP1_TRIGGERS = {
@@ -319,7 +322,7 @@ def _on_visit_completed(
     if state.care_step == 0:
         return Result(state, outcome=Outcome.IGNORED)
     if state.care_step == 1:
-        return Result(replace(state, request=None))
+        return Result(state._replace(request=None))
     t = event.occurred_at
     due = t + policy.visit_window
     eid = escalation_id(event.patient_id, Kind.MONTHLY_VISIT_DUE, event.event_id, policy)
@@ -332,7 +335,7 @@ def _on_visit_completed(
         ),
     )  # fmt: skip
     return Result(
-        replace(state, request=OpenRequest(Kind.MONTHLY_VISIT_DUE, due, eid)), (escalation,)
+        state._replace(request=OpenRequest(Kind.MONTHLY_VISIT_DUE, due, eid)), (escalation,)
     )
 
 
@@ -414,10 +417,10 @@ def advance(state: PatientState, now: int, policy: Policy, patient_id: str) -> R
         request = state.request
         if request is not None and not request.overdue_sent and request.due_by == deadline:
             escalations.append(_visit_overdue(state, request, policy, patient_id))
-            state = replace(state, request=replace(request, overdue_sent=True))
+            state = state._replace(request=request._replace(overdue_sent=True))
         else:
             escalations.append(_survey_overdue(state, deadline, policy, patient_id))
-            state = replace(state, survey_due=deadline + policy.survey_interval)
+            state = state._replace(survey_due=deadline + policy.survey_interval)
     return Result(state, tuple(escalations))
 
 

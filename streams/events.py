@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 from streams.scoring import FactLScore, ScoringError, score_fact_l
@@ -64,6 +65,25 @@ _RFC3339 = re.compile(
 
 def parse_time(text: object) -> int:
     """An RFC 3339 timestamp (``2024-03-01T09:30:00Z``, optional fraction and offset) in ms."""
+    if type(text) is str and len(text) == 20 and text[19] == "Z" and text[10] == "T":
+        # Fast path for the common shape 2024-03-01T09:30:00Z (no fraction, UTC).
+        try:
+            year, month, day = int(text[0:4]), int(text[5:7]), int(text[8:10])
+            hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
+        except ValueError:
+            pass
+        else:
+            if (
+                text[4] == text[7] == "-" and text[13] == text[16] == ":"
+                and year >= 1 and 1 <= month <= 12 and 1 <= day <= _days_in_month(year, month)
+                and hour < 24 and minute < 60 and second < 60
+            ):  # fmt: skip
+                seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600
+                return (seconds + minute * 60 + second) * 1000
+    return _parse_time_slow(text)
+
+
+def _parse_time_slow(text: object) -> int:
     if not isinstance(text, str):
         raise EventError(f"timestamp must be an RFC 3339 string, got {type(text).__name__}")
     match = _RFC3339.fullmatch(text)
@@ -81,11 +101,44 @@ def parse_time(text: object) -> int:
     return ms
 
 
+@lru_cache(maxsize=4096)  # a timer's deadline is formatted for its id, its text and its JSON
 def format_time(ms: int) -> str:
     """RFC 3339 UTC with a ``Z``; milliseconds only when they are not zero."""
     seconds, millis = divmod(ms, 1000)
-    text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    days, second_of_day = divmod(seconds, 86400)
+    year, month, day = _civil_from_days(days)
+    hour, rest = divmod(second_of_day, 3600)
+    minute, second = divmod(rest, 60)
+    text = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
     return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
+
+
+# Proleptic Gregorian day numbers (H. Hinnant's algorithms): no datetime on the hot path.
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    days += 719468
+    era = days // 146097
+    doe = days - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + (3 if mp < 10 else -9)
+    return yoe + era * 400 + (month <= 2), month, day
+
+
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
 
 
 # -- JSON rendering ---------------------------------------------------------------------------
@@ -97,28 +150,32 @@ _SURVEY_FIELDS = frozenset({"instrument", "version", "responses"})
 MAX_ID_LENGTH = 128
 
 
+_TYPES = {t.value: t for t in EventType}
+
+
 def event_from_json(obj: Any) -> PatientEvent:
     """Validate one decoded JSON object as a PatientEvent; ``EventError`` says what is wrong."""
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise EventError(f"an event is a JSON object, not {type(obj).__name__}")
-    unknown = obj.keys() - _FIELDS
-    if unknown:
-        raise EventError(f"unknown field {sorted(unknown)[0]!r}")
-    try:
-        kind = EventType(obj.get("type"))
-    except ValueError:
-        raise EventError(f"unknown event type {obj.get('type')!r}") from None
+    if not _FIELDS.issuperset(obj):
+        raise EventError(f"unknown field {sorted(obj.keys() - _FIELDS)[0]!r}")
+    kind = _TYPES.get(obj.get("type"))  # type: ignore[arg-type]
+    if kind is None:
+        raise EventError(f"unknown event type {obj.get('type')!r}")
     occurred_at = parse_time(obj.get("occurred_at"))
-    patient_id = _identifier(obj, "patient_id", allow_empty=kind is EventType.CLOCK_TICK)
-    if kind is EventType.CLOCK_TICK and patient_id:
+    tick = kind is EventType.CLOCK_TICK
+    patient_id = _identifier(obj, "patient_id", allow_empty=tick)
+    if tick and patient_id:
         raise EventError("a CLOCK_TICK has an empty patient_id")
-    event_id = _identifier(obj, "event_id", allow_empty=kind is EventType.CLOCK_TICK)
+    event_id = _identifier(obj, "event_id", allow_empty=tick)
     source = obj.get("source")
-    if source is not None and not isinstance(source, str):
+    if source is not None and type(source) is not str:
         raise EventError("source must be a string")
-    attributes = obj.get("attributes") or {}
-    if not isinstance(attributes, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in attributes.items()
+    attributes = obj.get("attributes")
+    if attributes is None:
+        attributes = {}
+    elif type(attributes) is not dict or not all(
+        type(k) is str and type(v) is str for k, v in attributes.items()
     ):
         raise EventError("attributes must map strings to strings")
     survey = obj.get("survey")
@@ -131,7 +188,7 @@ def event_from_json(obj: Any) -> PatientEvent:
 
 def _identifier(obj: dict, name: str, *, allow_empty: bool) -> str:
     value = obj.get(name, "" if allow_empty else None)
-    if not isinstance(value, str) or (not value and not allow_empty):
+    if type(value) is not str or (not value and not allow_empty):
         raise EventError(f"{name} must be a non-empty string")
     if len(value) > MAX_ID_LENGTH:
         raise EventError(f"{name} is longer than {MAX_ID_LENGTH} characters")
@@ -141,9 +198,8 @@ def _identifier(obj: dict, name: str, *, allow_empty: bool) -> str:
 def _survey(obj: Any) -> Survey:
     if not isinstance(obj, dict):
         raise EventError("a SURVEY_SUBMITTED event needs a survey object")
-    unknown = obj.keys() - _SURVEY_FIELDS
-    if unknown:
-        raise EventError(f"unknown survey field {sorted(unknown)[0]!r}")
+    if not _SURVEY_FIELDS.issuperset(obj):
+        raise EventError(f"unknown survey field {sorted(obj.keys() - _SURVEY_FIELDS)[0]!r}")
     instrument = obj.get("instrument")
     if instrument != "FACT-L":
         raise EventError(f"survey instrument {instrument!r} is not FACT-L")

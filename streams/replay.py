@@ -10,13 +10,14 @@ through an index ordered by deadline, never by scanning every patient.
 from __future__ import annotations
 
 import heapq
-import json
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import IO
+
+import orjson
 
 from streams.engine import (
     NEW_PATIENT,
@@ -134,9 +135,9 @@ def read_log(lines: Iterable[str]) -> Iterator[tuple[int, PatientEvent | str]]:
         if not line.strip():
             continue
         try:
-            yield number, event_from_json(json.loads(line))
-        except json.JSONDecodeError as exc:
-            yield number, f"not JSON ({exc.msg} at column {exc.colno})"
+            yield number, event_from_json(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            yield number, f"not JSON: {exc.msg} (column {exc.colno})"
         except EventError as exc:
             yield number, str(exc)
 
@@ -186,5 +187,5 @@ def replay(
 
 
 def canonical_json(obj: object) -> str:
-    """Compact JSON, keys in their documented order: the byte-for-byte comparable form."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    """Compact UTF-8 JSON, keys in their documented order: the byte-for-byte comparable form."""
+    return orjson.dumps(obj).decode()

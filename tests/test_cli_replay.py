@@ -106,7 +106,7 @@ def test_bad_lines_are_reported_with_their_number_and_the_run_goes_on(
     ]
     lines = err.splitlines()
     assert lines[:3] == [
-        "line 2: not JSON (Expecting value at column 1)",
+        "line 2: not JSON: invalid literal, expected 'null' (column 1)",
         "line 3: timestamp '2024-03-02' is not RFC 3339 (e.g. 2024-03-01T09:30:00Z)",
         "line 4: item GP1: response 7 is outside 0-4",
     ]
@@ -120,7 +120,7 @@ def test_strict_mode_stops_at_the_first_bad_line_with_exit_2(
     log.write_text(BAD_LOG)
     assert main(["replay", "--input", str(log), "--strict"]) == 2
     _, err = capsys.readouterr()
-    assert err == "stepcare: line 2: not JSON (Expecting value at column 1)\n"
+    assert err == "stepcare: line 2: not JSON: invalid literal, expected 'null' (column 1)\n"
 
 
 @pytest.mark.parametrize(
