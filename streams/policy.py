@@ -22,6 +22,11 @@ from typing import Any
 
 from streams.events import DAY_MS
 
+_DURATIONS = (
+    "visit_window", "rolling_window", "baseline_lookback", "survey_interval", "survey_grace",
+    "overdue_action",
+)  # fmt: skip
+
 
 class PolicyError(ValueError):
     """The policy file cannot be used; the message names the file and the key."""
@@ -53,6 +58,14 @@ class Policy:
     # The scheduling system must act on VISIT_OVERDUE / SURVEY_OVERDUE within.
     overdue_action_days: float = 7
 
+    # The durations above in ms (derived, not settable): visit_window, rolling_window, ...
+    visit_window: int = dataclasses.field(init=False, repr=False, compare=False, default=0)
+    rolling_window: int = dataclasses.field(init=False, repr=False, compare=False, default=0)
+    baseline_lookback: int = dataclasses.field(init=False, repr=False, compare=False, default=0)
+    survey_interval: int = dataclasses.field(init=False, repr=False, compare=False, default=0)
+    survey_grace: int = dataclasses.field(init=False, repr=False, compare=False, default=0)
+    overdue_action: int = dataclasses.field(init=False, repr=False, compare=False, default=0)
+
     def __post_init__(self) -> None:
         if self.enrollment_step not in (1, 2):
             raise PolicyError("enrollment_step must be 1 or 2")
@@ -63,36 +76,13 @@ class Policy:
         for name in ("policy_version", "rolling_count", "held_survey_limit"):
             if getattr(self, name) < 1:
                 raise PolicyError(f"{name} must be at least 1")
-        for f in dataclasses.fields(self):
-            if f.name.endswith("_days") and not getattr(self, f.name) > 0:
-                raise PolicyError(f"{f.name} must be more than 0")
+        for name in _DURATIONS:
+            if not getattr(self, f"{name}_days") > 0:
+                raise PolicyError(f"{name}_days must be more than 0")
         if not self.step_up_threshold > 0:
             raise PolicyError("step_up_threshold must be more than 0")
-
-    # Durations in ms, as the engine uses them.
-    @property
-    def visit_window(self) -> int:
-        return round(self.visit_window_days * DAY_MS)
-
-    @property
-    def rolling_window(self) -> int:
-        return round(self.rolling_window_days * DAY_MS)
-
-    @property
-    def baseline_lookback(self) -> int:
-        return round(self.baseline_lookback_days * DAY_MS)
-
-    @property
-    def survey_interval(self) -> int:
-        return round(self.survey_interval_days * DAY_MS)
-
-    @property
-    def survey_grace(self) -> int:
-        return round(self.survey_grace_days * DAY_MS)
-
-    @property
-    def overdue_action(self) -> int:
-        return round(self.overdue_action_days * DAY_MS)
+        for name in _DURATIONS:  # the engine works in ms: convert once
+            object.__setattr__(self, name, round(getattr(self, f"{name}_days") * DAY_MS))
 
     def declined(self, baseline: float, score: float) -> bool:
         """Whether a fall from ``baseline`` to ``score`` reaches the step-up threshold."""
@@ -105,6 +95,7 @@ class Policy:
 _TYPES: dict[str, tuple[type, ...]] = {
     f.name: (int,) if f.type == "int" else (int, float) if f.type == "float" else (str,)
     for f in dataclasses.fields(Policy)
+    if f.init
 }
 
 

@@ -11,18 +11,11 @@ not lose events this way; its fault-injection tests must include a restart with 
 """
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
 
-from tests.integration.test_broker_smoke import (
-    CounterWorker,
-    consume_all,
-    create_topic,
-    read_to_end,
-)
+from tests.integration.test_broker_smoke import CounterRun
 
 ATTEMPTS = int(os.environ.get("REPRO_ATTEMPTS", "10"))
 
@@ -31,28 +24,18 @@ ATTEMPTS = int(os.environ.get("REPRO_ATTEMPTS", "10"))
 def test_restart_with_a_backlog_loses_no_event(
     attempt: int, kafka_bootstrap: str, topic_name: str, tmp_path: Path
 ) -> None:
-    source, output = f"{topic_name}.in", f"{topic_name}.out"
-    create_topic(kafka_bootstrap, source, partitions=2)
-    create_topic(kafka_bootstrap, output)
-    app_id = f"counter-{uuid.uuid4().hex[:8]}"
-    producer = Producer({"bootstrap.servers": kafka_bootstrap})
-
-    def publish(keys: str) -> None:
-        for key in keys:
-            producer.produce(source, key=key.encode(), value=b"{}")
-        assert producer.flush(30) == 0
-
-    first = CounterWorker(kafka_bootstrap, app_id, (source, output), tmp_path / "first")
+    run = CounterRun(kafka_bootstrap, topic_name)
+    first = run.worker(tmp_path / "first")
     try:
-        publish("aaabb")
-        consume_all(kafka_bootstrap, output, expected=5, timeout=60)
+        run.publish("aaabb")
+        run.wait_for_outputs(5, timeout=60)
     finally:
         first.stop()
 
-    second = CounterWorker(kafka_bootstrap, app_id, (source, output), tmp_path / "second")
+    second = run.worker(tmp_path / "second")
     try:
-        publish("ac")  # while the restarted worker joins the group and recovers its table
-        consume_all(kafka_bootstrap, output, expected=7, timeout=30)
+        run.publish("ac")  # while the restarted worker joins the group and recovers its table
+        run.wait_for_outputs(7, timeout=30)
     finally:
         second.stop()
-    assert read_to_end(kafka_bootstrap, output) == {"a": [1, 2, 3, 4], "b": [1, 2], "c": [1]}
+    assert run.outputs() == {"a": [1, 2, 3, 4], "b": [1, 2], "c": [1]}

@@ -191,38 +191,55 @@ def read_to_end(bootstrap: str, topic: str) -> dict[str, list[int]]:
     return counts
 
 
+class CounterRun:
+    """Topics, an app id and a producer for runs of the counter app against one broker."""
+
+    def __init__(self, bootstrap: str, topic_name: str) -> None:
+        self.bootstrap = bootstrap
+        self.source, self.output = f"{topic_name}.in", f"{topic_name}.out"
+        create_topic(bootstrap, self.source, partitions=2)
+        create_topic(bootstrap, self.output)
+        self.app_id = f"counter-{uuid.uuid4().hex[:8]}"
+        self.producer = Producer({"bootstrap.servers": bootstrap})
+
+    def publish(self, keys: str) -> None:
+        for key in keys:
+            self.producer.produce(self.source, key=key.encode(), value=b"{}")
+        assert self.producer.flush(30) == 0
+
+    def worker(self, datadir: Path) -> CounterWorker:
+        return CounterWorker(self.bootstrap, self.app_id, (self.source, self.output), datadir)
+
+    def wait_for_outputs(self, count: int, timeout: float = 120) -> None:
+        consume_all(self.bootstrap, self.output, expected=count, timeout=timeout)
+
+    def outputs(self) -> dict[str, list[int]]:
+        return read_to_end(self.bootstrap, self.output)
+
+
 def test_faust_rocksdb_table_survives_restart(
     line_bootstrap: str, topic_name: str, tmp_path: Path
 ) -> None:
-    source, output = f"{topic_name}.in", f"{topic_name}.out"
-    create_topic(line_bootstrap, source, partitions=2)
-    create_topic(line_bootstrap, output)
-    app_id = f"counter-{uuid.uuid4().hex[:8]}"
-    producer = Producer({"bootstrap.servers": line_bootstrap})
-
-    def publish(keys: str) -> None:
-        for key in keys:
-            producer.produce(source, key=key.encode(), value=b"{}")
-        assert producer.flush(30) == 0
+    run = CounterRun(line_bootstrap, topic_name)
 
     # Events are published once the worker is ready: a backlog waiting while a restarted worker
     # recovers its table can lose an event in faust 0.15.3 (repro_faust_backlog.py, README).
-    first = CounterWorker(line_bootstrap, app_id, (source, output), tmp_path / "first")
+    first = run.worker(tmp_path / "first")
     try:
         first.wait_ready()
-        publish("aaabb")
-        consume_all(line_bootstrap, output, expected=5, timeout=120)
+        run.publish("aaabb")
+        run.wait_for_outputs(5)
     finally:
         assert first.stop() == 0
-    assert read_to_end(line_bootstrap, output) == {"a": [1, 2, 3], "b": [1, 2]}
+    assert run.outputs() == {"a": [1, 2, 3], "b": [1, 2]}
 
     # A fresh data dir: the table can only come back from its changelog topic, and committed
     # offsets keep the first five events from being counted again.
-    second = CounterWorker(line_bootstrap, app_id, (source, output), tmp_path / "second")
+    second = run.worker(tmp_path / "second")
     try:
         second.wait_ready()
-        publish("ac")
-        consume_all(line_bootstrap, output, expected=7, timeout=120)
+        run.publish("ac")
+        run.wait_for_outputs(7)
     finally:
         assert second.stop() == 0
-    assert read_to_end(line_bootstrap, output) == {"a": [1, 2, 3, 4], "b": [1, 2], "c": [1]}
+    assert run.outputs() == {"a": [1, 2, 3, 4], "b": [1, 2], "c": [1]}
