@@ -32,8 +32,8 @@ test: lint jars  ## ruff, then the whole suite on real brokers
 test-unit: venv  ## the tests that need no broker
 	$(BIN)/pytest -m "not integration"
 
-run: venv  ## a local broker (until Ctrl-C); the worker and demo data come with the streaming issue
-	$(BIN)/stepcare broker start --foreground
+run: venv jars  ## broker, topics, worker, a demo cohort; escalations as they arrive; Ctrl-C stops all
+	$(BIN)/stepcare demo run
 
 bench: venv  ## benchmarks (not tests): offline replay events/s and state bytes per patient
 	$(BIN)/python bench/replay.py

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from streams import broker
+from streams.codec import AvroLogLines, CodecError, is_avro_container
 from streams.events import EventError, parse_time
 from streams.policy import PolicyError, resolve_policy
 from streams.replay import RejectedLine, replay
 from streams.scoring import ScoringError, score_fact_l
 from streams.settings import KAFKA_VERSIONS, Settings, SettingsError
+from streams.topics import TopicError
 
 EXIT_USAGE = 2
 
@@ -35,7 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         return int(args.handler(args, settings) or 0)
-    except (UsageError, SettingsError, PolicyError, RejectedLine, broker.BrokerError) as exc:
+    except (
+        UsageError,
+        SettingsError,
+        PolicyError,
+        RejectedLine,
+        broker.BrokerError,
+        TopicError,
+    ) as exc:
         print(f"stepcare: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -68,6 +77,53 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--until", help="advance the clock to this RFC 3339 time at the end")
     rep.add_argument("--strict", action="store_true", help="exit 2 on the first bad line")
     rep.set_defaults(handler=_replay)
+
+    pub = commands.add_parser(
+        "publish",
+        help="publish an event log (JSONL or Avro container) to the input topic",
+        description="Keys are patient ids, values Avro single-object encoded, record timestamps "
+        "the events' times; per-patient file order is kept. Bad lines are reported to stderr "
+        "and not published. Exit 1 if a record was not delivered.",
+    )
+    pub.add_argument("--input", required=True, help="JSONL or Avro log, or - for JSONL on stdin")
+    pub.add_argument("--topic", help="topic to publish to (default: STEPCARE_INPUT_TOPIC)")
+    pub.add_argument("--rate", type=float, help="at most this many events per second")
+    pub.add_argument("--until", help="then a CLOCK_TICK at this RFC 3339 time on every partition")
+    pub.add_argument(
+        "--bootstrap-servers", help="Kafka bootstrap servers (default: STEPCARE_BOOTSTRAP_SERVERS)"
+    )
+    pub.add_argument("--strict", action="store_true", help="exit 2 on the first bad line")
+    pub.set_defaults(handler=_publish)
+
+    work = commands.add_parser(
+        "worker",
+        help="the Faust worker: patient events in, escalations and dead letters out",
+        description="Configured by STEPCARE_* settings (stepcare settings lists them). Creates "
+        "missing topics, then runs until SIGTERM or Ctrl-C.",
+    )
+    work.set_defaults(handler=_worker)
+
+    tops = commands.add_parser(
+        "topics", help="create the topics (partitions, replication from the settings)"
+    )
+    tops.set_defaults(handler=_topics)
+
+    demo = commands.add_parser("demo", help="the demo: a cohort log, or the whole live demo")
+    demos = demo.add_subparsers(dest="action", required=True, metavar="ACTION")
+    live = demos.add_parser(
+        "run",
+        help="make run: broker, topics, worker, a demo cohort, escalations as they arrive",
+    )
+    live.add_argument("--patients", type=int, default=200, help="patients in the cohort")
+    live.add_argument("--seed", type=int, default=1, help="random seed of the cohort")
+    live.set_defaults(handler=_demo_run)
+    cohort = demos.add_parser("cohort", help="write a seeded demo cohort as a JSONL log")
+    cohort.add_argument("--patients", type=int, default=200, help="patients in the cohort")
+    cohort.add_argument("--seed", type=int, default=1, help="random seed")
+    cohort.add_argument("--weeks", type=int, default=30, help="weeks the cohort spans")
+    cohort.add_argument("--end", default="now", help="RFC 3339 time of the end, or now")
+    cohort.add_argument("--output", default="-", help="file to write, or - for stdout")
+    cohort.set_defaults(handler=_demo_cohort)
 
     show = commands.add_parser("settings", help="print every STEPCARE_* setting and its value")
     show.set_defaults(handler=_settings)
@@ -128,6 +184,8 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with source:
             summary, engine = replay(source, policy, output, until=until, strict=args.strict)
+    except CodecError as exc:  # a corrupt Avro container
+        raise UsageError(f"{args.input}: {exc}") from None
     finally:
         if output is not sys.stdout:
             output.close()
@@ -138,12 +196,24 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _open_input(name: str):
+    """stdin, a JSONL file, or an Avro container file read as JSONL (detected by content)."""
     if name == "-":
         return sys.stdin
     try:
-        return open(name, encoding="utf-8")
+        with open(name, "rb") as probe:
+            avro = is_avro_container(probe)
+        return AvroLogLines(name) if avro else open(name, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read {name}: {exc.strerror}") from None
+
+
+def _publish(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import publish  # confluent-kafka is loaded only for this command
+
+    try:
+        return publish.command(args, settings)
+    except publish.PublishError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _read_input(name: str) -> str:
@@ -192,10 +262,69 @@ def _responses_of(obj: Any) -> Any:
     return obj
 
 
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import app as worker_app  # faust is slow to import: only for this command
+
+    policy = resolve_policy(settings.policy)
+    _topics(args, settings)
+    app = worker_app.build(settings, policy)
+    _err(
+        f"stepcare worker {settings.app_id}: policy {policy.policy_id} v{policy.policy_version}, "
+        f"clock {settings.clock}, {settings.processing_guarantee}, "
+        f"metrics on http://{settings.web_host}:{settings.web_port}/metrics"
+    )
+    return worker_app.run(app, settings)
+
+
+def _topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.topics import ensure_topics
+
+    created = ensure_topics(settings)
+    if created:
+        _err(f"created topics {', '.join(created)} ({settings.partitions} partitions)")
+    return 0
+
+
+def _demo_run(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.live import DemoError, run_demo
+
+    if args.patients < 1:
+        raise UsageError("--patients must be at least 1")
+    try:
+        return run_demo(settings, args.patients, args.seed)
+    except DemoError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _demo_cohort(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.demo import demo_cohort
+
+    if args.patients < 1 or args.weeks < 1:
+        raise UsageError("--patients and --weeks must be at least 1")
+    try:
+        end = time.time_ns() // 1_000_000 if args.end == "now" else parse_time(args.end)
+    except EventError as exc:
+        raise UsageError(f"--end: {exc}") from None
+    events = demo_cohort(args.patients, args.seed, end, weeks=args.weeks)
+    text = "".join(json.dumps(event) + "\n" for event in events)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    _err(f"{len(events)} events for {args.patients} patients")
+    return 0
+
+
 def _settings(args: argparse.Namespace, settings: Settings) -> int:
     for name, default, doc in Settings.describe():
         field = name.removeprefix("STEPCARE_").lower()
-        print(f"{name}={getattr(settings, field)}\n    {doc} (default: {default})")
+        value = getattr(settings, field)
+        if field == "sasl_password" and value:
+            value = "(set, not shown)"
+        print(f"{name}={value}\n    {doc} (default: {default})")
     return 0
 
 

@@ -46,14 +46,20 @@ class PartitionEngine:
     """The engine for the patients of one partition (offline: of a whole log)."""
 
     def __init__(
-        self, policy: Policy, states: MutableMapping[str, PatientState] | None = None
+        self,
+        policy: Policy,
+        states: MutableMapping[str, PatientState] | None = None,
+        *,
+        index_states: bool = True,
     ) -> None:
+        """``index_states=False``: the caller indexes the states itself (see :meth:`index`)."""
         self.policy = policy
         self.states: MutableMapping[str, PatientState] = {} if states is None else states
         self.clock: int | None = None
         self._timers: list[tuple[int, str]] = []  # (deadline, patient id); stale entries skipped
-        for patient_id, state in self.states.items():
-            self._index(patient_id, state)
+        if index_states:
+            for patient_id, state in self.states.items():
+                self.index(patient_id, state)
 
     def process(self, event: PatientEvent) -> Processed:
         """Advance the clock to the event's time (firing due timers), then apply the event."""
@@ -66,7 +72,7 @@ class PartitionEngine:
         if result.state is not state:
             states[event.patient_id] = result.state
             if next_deadline(result.state) != next_deadline(state):
-                self._index(event.patient_id, result.state)
+                self.index(event.patient_id, result.state)
         return Processed(result.outcome, fired + result.escalations, result.suppressed)
 
     def advance_to(self, moment: int) -> tuple[Escalation, ...]:
@@ -86,10 +92,11 @@ class PartitionEngine:
             result = advance(state, deadline + 1, self.policy, patient_id)
             self.states[patient_id] = result.state
             fired.extend(result.escalations)
-            self._index(patient_id, result.state)
+            self.index(patient_id, result.state)
         return tuple(fired)
 
-    def _index(self, patient_id: str, state: PatientState) -> None:
+    def index(self, patient_id: str, state: PatientState) -> None:
+        """Put the patient's next deadline (if any) in the timer index."""
         deadline = next_deadline(state)
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, patient_id))

@@ -20,6 +20,11 @@ ENV_PREFIX = "STEPCARE_"
 KAFKA_VERSIONS: tuple[str, ...] = ("4.4.0", "3.9.2")
 
 
+GUARANTEES = ("at_least_once", "exactly_once")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+
+
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the variable."""
 
@@ -51,6 +56,92 @@ class Settings:
     )
     broker_heap_mb: int = _setting(512, "JVM heap of each local broker node, in MiB.")
     log_level: str = _setting("INFO", "Log level of stepcare's own loggers.")
+
+    # -- the worker (stepcare worker) ---------------------------------------------------------
+    app_id: str = _setting(
+        "stepcare", "Worker application id: the consumer group and the changelog topic prefix."
+    )
+    input_topic: str = _setting("stepcare.patient-events.v1", "Topic of patient events (input).")
+    escalations_topic: str = _setting(
+        "stepcare.escalations.v1", "Topic the worker publishes escalations to."
+    )
+    dead_letter_topic: str = _setting(
+        "stepcare.patient-events.dlq.v1", "Topic for input that cannot be decoded or validated."
+    )
+    partitions: int = _setting(4, "Partitions of the topics the worker declares.")
+    replication: int = _setting(1, "Replication factor of the topics the worker declares.")
+    store: str = _setting("rocksdb://", "Table store of the patient states (rocksdb://).")
+    data_dir: Path = _setting(
+        Path(".run/worker"), "Worker data dir (RocksDB tables); one per worker process."
+    )
+    clock: str = _setting(
+        "wall",
+        "wall: timers also fire with wall time (a tick every tick_interval); "
+        "event: only event time moves the clock (replay).",
+    )
+    tick_interval: int = _setting(60, "Seconds between wall-clock ticks (clock=wall).")
+    policy: str = _setting(
+        "step-pc-2024", "Policy: a built-in name (step-pc-2024, early-pc) or a TOML file."
+    )
+    processing_guarantee: str = _setting(
+        "at_least_once", "at_least_once (escalations deduplicated by id) or exactly_once."
+    )
+    web_host: str = _setting("127.0.0.1", "Address of the worker's web server (/metrics).")
+    web_port: int = _setting(6066, "Port of the worker's web server.")
+    security_protocol: str = _setting(
+        "PLAINTEXT", "Broker connection: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: str = _setting("SCRAM-SHA-512", "SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN.")
+    sasl_username: str = _setting("", "SASL user name.")
+    sasl_password: str = _setting("", "SASL password (or use sasl_password_file).")
+    sasl_password_file: str = _setting("", "File holding the SASL password.")
+    ssl_cafile: str = _setting("", "CA certificate (PEM) to verify the brokers.")
+    ssl_certfile: str = _setting("", "Client certificate (PEM), for mutual TLS.")
+    ssl_keyfile: str = _setting("", "Client private key (PEM), for mutual TLS.")
+
+    def __post_init__(self) -> None:
+        _choice("clock", self.clock, ("wall", "event"))
+        _choice("processing_guarantee", self.processing_guarantee, GUARANTEES)
+        _choice("security_protocol", self.security_protocol, SECURITY_PROTOCOLS)
+        _choice("sasl_mechanism", self.sasl_mechanism, SASL_MECHANISMS)
+        if not self.store.startswith(("rocksdb://", "memory://")):
+            raise SettingsError(
+                f"{env_name('store')}={self.store!r}: expected rocksdb:// or memory://"
+            )
+        if not 1 <= self.web_port <= 65535:
+            raise SettingsError(f"{env_name('web_port')}={self.web_port}: expected 1-65535")
+        for name in ("partitions", "replication", "tick_interval"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{env_name(name)}={getattr(self, name)}: must be >= 1")
+
+    def sasl_secret(self) -> str:
+        """The SASL password, from the setting or the file named by ``sasl_password_file``."""
+        if self.sasl_password_file:
+            try:
+                return Path(self.sasl_password_file).read_text().strip()
+            except OSError as exc:
+                raise SettingsError(
+                    f"{env_name('sasl_password_file')}: cannot read {exc.filename}: {exc.strerror}"
+                ) from None
+        return self.sasl_password
+
+    def confluent_config(self) -> dict[str, str]:
+        """Connection settings for confluent-kafka clients (producers, admin, consumers)."""
+        config = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol != "PLAINTEXT":
+            config["security.protocol"] = self.security_protocol
+        if self.security_protocol.startswith("SASL"):
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_secret()
+        for key, value in (
+            ("ssl.ca.location", self.ssl_cafile),
+            ("ssl.certificate.location", self.ssl_certfile),
+            ("ssl.key.location", self.ssl_keyfile),
+        ):
+            if value:
+                config[key] = value
+        return config
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -93,3 +184,10 @@ def _parse(name: str, raw: str, default: Any) -> Any:
     if isinstance(default, Path):
         return Path(raw)
     return raw
+
+
+def _choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SettingsError(
+            f"{env_name(field_name)}={value!r}: expected one of {', '.join(allowed)}"
+        )

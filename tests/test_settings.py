@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,60 @@ def test_every_setting_is_documented() -> None:
         "STEPCARE_KAFKA_VERSION",
     ]
     assert all(doc.endswith(".") or doc.endswith(")") for _, _, doc in described)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("STEPCARE_CLOCK", "lunar", "STEPCARE_CLOCK='lunar': expected one of wall, event"),
+        ("STEPCARE_PROCESSING_GUARANTEE", "maybe", "expected one of at_least_once, exactly_once"),
+        ("STEPCARE_SECURITY_PROTOCOL", "TLS", "expected one of PLAINTEXT, SSL"),
+        ("STEPCARE_STORE", "redis://", "STEPCARE_STORE='redis://': expected rocksdb://"),
+        ("STEPCARE_PARTITIONS", "0", "STEPCARE_PARTITIONS=0: must be >= 1"),
+        ("STEPCARE_WEB_PORT", "70000", "STEPCARE_WEB_PORT=70000: expected 1-65535"),
+    ],
+)
+def test_worker_settings_are_checked_when_read(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.from_env({variable: value})
+
+
+def test_client_config_carries_tls_and_sasl(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    settings = Settings.from_env(
+        {
+            "STEPCARE_BOOTSTRAP_SERVERS": "kafka-1:9093",
+            "STEPCARE_SECURITY_PROTOCOL": "SASL_SSL",
+            "STEPCARE_SASL_USERNAME": "stepcare",
+            "STEPCARE_SASL_PASSWORD_FILE": str(secret),
+            "STEPCARE_SSL_CAFILE": "/etc/ca.pem",
+        }
+    )
+    assert settings.confluent_config() == {
+        "bootstrap.servers": "kafka-1:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "stepcare",
+        "sasl.password": "s3cret",
+        "ssl.ca.location": "/etc/ca.pem",
+    }
+    assert Settings.from_env({}).confluent_config() == {"bootstrap.servers": "127.0.0.1:9092"}
+
+
+def test_a_missing_password_file_is_named() -> None:
+    settings = Settings.from_env({"STEPCARE_SASL_PASSWORD_FILE": "/nonexistent/pw"})
+    with pytest.raises(SettingsError, match="STEPCARE_SASL_PASSWORD_FILE: cannot read"):
+        settings.sasl_secret()
+
+
+def test_stepcare_settings_never_prints_the_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    monkeypatch.setenv("STEPCARE_SASL_PASSWORD", "hunter2")
+    assert main(["settings"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    assert "STEPCARE_SASL_PASSWORD=(set, not shown)" in out

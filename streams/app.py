@@ -1,0 +1,337 @@
+"""The Faust worker: patient events in, escalations and dead letters out (DESIGN §1, §2, §6).
+
+Read top to bottom:
+
+1. ``build(settings)`` makes the Faust app: the three topics, the ``patients`` table (RocksDB,
+   compacted changelog) holding each patient's engine state, and one agent with
+   ``concurrency=1`` (faust #606: with more, a commit can pass an event still in flight).
+2. The agent hands every record to :class:`Monitor`, which decodes it (or dead-letters it with
+   its reason), runs it through the partition's :class:`~streams.replay.PartitionEngine` (the
+   same engine as ``stepcare replay``), publishes the escalations and writes the changed states.
+3. With ``clock = "wall"`` a timer appends a ``CLOCK_TICK`` with the wall time to every input
+   partition this worker owns, so timers fire in order with the events, as in a replay.
+
+At least once: escalations are acknowledged by the broker *before* the states that remember
+them are written to the table, so a crash can repeat an escalation (same id) but never lose
+one. Exactly once: Faust's transactions make output, state and offsets one atomic step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import faust
+from confluent_kafka import Producer
+from faust.sensors.prometheus import setup_prometheus_sensors
+from faust.types import TP
+from faust.types.auth import CredentialsT
+
+from streams.codec import CodecError, decode_event, encode_escalation, encode_event
+from streams.engine import Escalation, PatientState
+from streams.events import EventError, event_from_json, format_time
+from streams.policy import Policy, resolve_policy
+from streams.replay import PartitionEngine
+from streams.settings import Settings
+from streams.statecodec import StateDecodeError, decode_state, encode_state
+
+log = logging.getLogger("stepcare.worker")
+
+TABLE = "patients"
+# Reserved table keys (never a patient id: ids cannot start with NUL) for each partition's clock.
+_CLOCK_KEY = b"\x00clock/%d"
+
+
+def build(settings: Settings, policy: Policy | None = None) -> faust.App:
+    """The worker's Faust app, configured from ``settings``."""
+    policy = policy or resolve_policy(settings.policy)
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=_credentials(settings),
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        processing_guarantee=settings.processing_guarantee,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        topic_disable_leader=True,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_interval=1.0,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )
+    events = app.topic(settings.input_topic, key_type=bytes, value_type=bytes)
+    escalations = app.topic(settings.escalations_topic, key_type=bytes, value_type=bytes)
+    dead_letters = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
+    patients = app.Table(
+        TABLE,
+        key_type=bytes,  # the patient id as UTF-8, as on the input topic
+        value_type=bytes,  # streams.statecodec bytes
+        partitions=settings.partitions,
+        help="Each patient's engine state, and each partition's clock.",
+    )
+    monitor = Monitor(settings, policy, patients, escalations, dead_letters)
+
+    @app.agent(events, concurrency=1)
+    async def monitor_patients(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await monitor.handle(event.message)
+
+    @app.on_partitions_assigned.connect
+    async def forget_engines(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
+        monitor.reset()
+
+    if settings.clock == "wall":
+        ticker = Ticker(settings)
+
+        @app.timer(float(settings.tick_interval), on_leader=False)
+        async def tick() -> None:
+            owned = {tp.partition for tp in app.consumer.assignment()}
+            ticker.tick(sorted(owned & set(range(settings.partitions))))
+
+    # /metrics on the web port: Faust's own metrics (stepcare's domain metrics: issue 5).
+    setup_prometheus_sensors(app, pattern="/metrics", name_prefix="stepcare_faust")
+    return app
+
+
+class Monitor:
+    """Applies each input record to its partition's engine and publishes what it decides."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        policy: Policy,
+        table: faust.Table,
+        escalations: faust.TopicT,
+        dead_letters: faust.TopicT,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.table = table
+        self.escalations = escalations
+        self.dead_letters = dead_letters
+        self.wait_for_acks = settings.processing_guarantee == "at_least_once"
+        self.engines: dict[int, PartitionEngine] = {}
+        self.states: dict[int, BufferedStates] = {}
+
+    def reset(self) -> None:
+        """Forget in-memory engines; they are rebuilt from the (recovered) table on next use."""
+        self.engines.clear()
+        self.states.clear()
+
+    async def handle(self, message: Any) -> None:
+        try:
+            obj = decode_event(message.value)
+        except CodecError as exc:
+            await self.dead_letter(message, exc.reason, str(exc))
+            return
+        try:
+            event = event_from_json(obj)
+            key = message.key.decode() if message.key else ""
+        except (EventError, UnicodeDecodeError) as exc:
+            await self.dead_letter(message, "invalid-event", str(exc))
+            return
+        if key != event.patient_id:
+            detail = "the record key is not the event's patient_id (events of one patient "
+            detail += "must share one key, or their order is lost)"
+            await self.dead_letter(message, "invalid-event", detail)
+            return
+
+        partition = message.partition
+        engine = self.engines.get(partition) or self._load_engine(partition)
+        states = self.states[partition]
+        clock_before = engine.clock
+        try:
+            processed = engine.process(event)
+        except Exception as exc:  # a defect, not bad input: keep watching the other patients
+            log.exception("engine failed on partition %d offset %d", partition, message.offset)
+            self.engines.pop(partition, None)  # its clock and timer index may be half-updated
+            states.pending.clear()
+            await self.dead_letter(message, "processing-error", f"{type(exc).__name__}: {exc}")
+            return
+        if processed.escalations:
+            await self.publish(processed.escalations)
+        states.flush()
+        if engine.clock != clock_before:
+            self.table[_CLOCK_KEY % partition] = engine.clock.to_bytes(8, "big")
+
+    async def publish(self, escalations: tuple[Escalation, ...]) -> None:
+        pending = []
+        for escalation in escalations:
+            pending.append(
+                await self.escalations.send(
+                    key=escalation.patient_id.encode(),
+                    value=encode_escalation(escalation.to_json()),
+                    headers=cloudevent_headers(escalation),
+                    timestamp=escalation.occurred_at / 1000,
+                )
+            )
+        if self.wait_for_acks:
+            # The states that remember these escalations are written only once the broker
+            # has them: a crash in between repeats them (same ids) instead of losing them.
+            await asyncio.gather(*pending)
+
+    async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
+        headers = list((message.headers or {}).items() if isinstance(message.headers, dict)
+                       else message.headers or [])  # fmt: skip
+        headers += [
+            ("error.reason", reason.encode()),
+            ("error.detail", detail.encode()),
+            ("source.topic", message.topic.encode()),
+            ("source.partition", str(message.partition).encode()),
+            ("source.offset", str(message.offset).encode()),
+        ]
+        log.warning(
+            "dead letter: %s (partition %d offset %d)", reason, message.partition, message.offset
+        )
+        await self.dead_letters.send(key=message.key, value=message.value, headers=headers)
+
+    def _load_engine(self, partition: int) -> PartitionEngine:
+        """Rebuild a partition's engine from the table: its clock and its timer index."""
+        started = time.monotonic()
+        states = BufferedStates(self.table)
+        engine = PartitionEngine(self.policy, states, index_states=False)
+        clock = self.table.get(_CLOCK_KEY % partition)
+        engine.clock = int.from_bytes(clock, "big") if clock else None
+        patients = 0
+        for patient_id, state in _partition_states(self.table, partition):
+            engine.index(patient_id, state)
+            patients += 1
+        self.engines[partition] = engine
+        self.states[partition] = states
+        log.info(
+            "partition %d: %d patients, clock %s, timer index rebuilt in %.2f s",
+            partition,
+            patients,
+            format_time(engine.clock) if engine.clock is not None else "not started",
+            time.monotonic() - started,
+        )
+        return engine
+
+
+class BufferedStates(MutableMapping[str, PatientState]):
+    """The table as the engine sees it: decoded states, writes held until :meth:`flush`."""
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+        self.pending: dict[str, PatientState] = {}
+
+    def __getitem__(self, patient_id: str) -> PatientState:
+        state = self.pending.get(patient_id)
+        if state is not None:
+            return state
+        data = self.table.get(patient_id.encode())
+        if data is None:
+            raise KeyError(patient_id)
+        return decode_state(data)
+
+    def get(self, patient_id: str, default: Any = None) -> Any:
+        try:
+            return self[patient_id]
+        except KeyError:
+            return default
+
+    def __setitem__(self, patient_id: str, state: PatientState) -> None:
+        self.pending[patient_id] = state
+
+    def __delitem__(self, patient_id: str) -> None:
+        raise NotImplementedError("patient states are never deleted")
+
+    def __iter__(self) -> Iterator[str]:
+        raise NotImplementedError("iterate a partition with _partition_states")
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Write the changed states to the table (and so to its changelog)."""
+        table = self.table
+        for patient_id, state in self.pending.items():
+            table[patient_id.encode()] = encode_state(state)
+        self.pending.clear()
+
+
+def _partition_states(table: faust.Table, partition: int) -> Iterator[tuple[str, PatientState]]:
+    """Every patient state stored for one partition (read once, when the engine is built)."""
+    store = table.data
+    if hasattr(store, "_db_for_partition"):  # RocksDB: one database per partition
+        items = store._db_for_partition(partition).items()
+    else:  # memory store (development): all partitions share one dict; see Settings.store
+        items = store.data.items()
+    for key, value in items:
+        patient_id = key.decode() if isinstance(key, bytes) else key
+        if patient_id.startswith("\x00"):
+            continue
+        try:
+            yield patient_id, decode_state(value)
+        except StateDecodeError as exc:  # its timers are not indexed; its next event reports it
+            log.error("partition %d: a stored state cannot be decoded: %s", partition, exc)
+
+
+def cloudevent_headers(escalation: Escalation) -> list[tuple[str, bytes]]:
+    """CloudEvents-style headers (Kafka binding, ``ce_`` prefix) of an escalation record."""
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", escalation.escalation_id.encode()),
+        ("ce_type", f"org.stepcare.escalation.{escalation.kind}".encode()),
+        ("ce_source", f"stepcare/{escalation.policy_id}".encode()),
+        ("ce_time", format_time(escalation.occurred_at).encode()),
+        ("content-type", b"application/avro"),
+    ]
+
+
+class Ticker:
+    """Appends a wall-clock ``CLOCK_TICK`` to input partitions (clock = "wall")."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.input_topic
+        self.producer = Producer({**settings.confluent_config(), "acks": "all"})
+
+    def tick(self, partitions: list[int]) -> None:
+        now = time.time_ns() // 1_000_000
+        value = encode_event(
+            {"event_id": "", "patient_id": "", "occurred_at": format_time(now),
+             "type": "CLOCK_TICK"}
+        )  # fmt: skip
+        for partition in partitions:
+            self.producer.produce(self.topic, key=b"", value=value, partition=partition,
+                                  timestamp=now)  # fmt: skip
+        self.producer.poll(0)
+
+
+def _credentials(settings: Settings) -> CredentialsT | None:
+    protocol = settings.security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
+        if settings.ssl_certfile:
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(
+        username=settings.sasl_username,
+        password=settings.sasl_secret(),
+        ssl_context=context,
+        mechanism=settings.sasl_mechanism,
+    )
+
+
+def run(app: faust.App, settings: Settings) -> int:
+    """Run the worker in this process until SIGTERM/SIGINT; the exit status of the worker."""
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

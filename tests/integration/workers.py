@@ -1,0 +1,96 @@
+"""Helpers for worker tests: ``stepcare worker`` as a real process, and topic readers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class WorkerProcess:
+    """``stepcare worker`` through the real CLI, configured by STEPCARE_* variables."""
+
+    def __init__(self, env: dict[str, str], datadir: Path, name: str = "worker") -> None:
+        self.log = datadir.parent / f"{name}.log"
+        full_env = {**os.environ, **env, "STEPCARE_DATA_DIR": str(datadir), "PYTHONPATH": str(REPO)}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait for faust's "Worker ready": partitions assigned and tables recovered."""
+        deadline = time.monotonic() + timeout
+        while b"Worker ready" not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"worker not ready; log: {self.log}\n{self.tail()}")
+            time.sleep(0.2)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"worker did not stop; log: {self.log}") from None
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def read_topic(
+    bootstrap: str, topic: str, expected: int | None = None, timeout: float = 120.0
+) -> list:
+    """Records of every partition of ``topic`` (read_committed), up to the end offsets as of
+    now, or, with ``expected``, until that many arrived (or the timeout passed)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": expected is None,
+        }
+    )
+    metadata = consumer.list_topics(topic, timeout=30).topics[topic]
+    partitions = sorted(metadata.partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    records = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if expected is None and len(at_end) == len(partitions):
+                break
+            if expected is not None and len(records) >= expected:
+                break
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error() is not None and msg.error().code() == KafkaError._PARTITION_EOF:
+                at_end.add(msg.partition())
+                continue
+            assert msg.error() is None, msg.error()
+            records.append(msg)
+    finally:
+        consumer.close()
+    return records
