@@ -36,10 +36,12 @@ class DemoError(RuntimeError):
 
 def run_demo(settings: Settings, patients: int, seed: int, tick_interval: int = 10) -> int:
     RUN_DIR.mkdir(exist_ok=True)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
     cluster = broker.Cluster.load(settings.broker_run_dir, report=_say)
     own_broker = None
     worker: subprocess.Popen[bytes] | None = None
+    consumer: Consumer | None = None
     try:
         if cluster is not None and cluster.running_pids():
             _say(f"reusing the broker running at {cluster.bootstrap_servers}")
@@ -88,6 +90,8 @@ def run_demo(settings: Settings, patients: int, seed: int, tick_interval: int = 
         _say("stopping ...")
         return 0
     finally:
+        if consumer is not None:
+            consumer.close()
         if worker is not None and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -146,6 +150,7 @@ def _tail_from_now(settings: Settings) -> Consumer:
 
 def _follow(consumer: Consumer, worker: subprocess.Popen[bytes]) -> None:
     kinds: Counter[str] = Counter()
+    shown: Counter[str] = Counter()
     last_summary = time.monotonic()
     while worker.poll() is None:
         msg = consumer.poll(0.5)
@@ -165,8 +170,8 @@ def _follow(consumer: Consumer, worker: subprocess.Popen[bytes]) -> None:
             )
         elif msg is not None and msg.error().code() != KafkaError._PARTITION_EOF:
             _say(f"consumer: {msg.error().str()}")
-        if kinds and time.monotonic() - last_summary > SUMMARY_EVERY:
-            last_summary = time.monotonic()
+        if kinds != shown and time.monotonic() - last_summary > SUMMARY_EVERY:
+            last_summary, shown = time.monotonic(), kinds.copy()
             total = sum(kinds.values())
             parts = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
             _say(f"--- {total} escalations so far: {parts}")
