@@ -111,6 +111,11 @@ def policy_from_mapping(values: dict[str, Any], origin: str = "policy") -> Polic
                 else ("a number" if int in _TYPES[key] else "a string")
             )
             raise PolicyError(f"{origin}: key {key!r} must be {expected}, not {value!r}")
+    # 12 and 12.0 are one threshold: keep numbers floats, so escalations read the same in
+    # JSON (replay) and after an Avro double (the worker).
+    values = {
+        k: float(v) if int in _TYPES[k] and float in _TYPES[k] else v for k, v in values.items()
+    }
     try:
         return Policy(**values)
     except PolicyError as exc:

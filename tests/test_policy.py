@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from streams.codec import decode_escalation, encode_escalation
+from streams.engine import Escalation, Kind, Reason
+from streams.events import DAY_MS
 from streams.policy import Policy, PolicyError, builtin_policy, load_policy, resolve_policy
+from streams.replay import canonical_json
 
 
 def test_the_default_policy_is_the_trial_protocol() -> None:
@@ -78,3 +82,17 @@ def test_declined_uses_the_comparator() -> None:
     assert Policy().declined(104, 94) and not Policy().declined(104, 94.5)
     strict = Policy(step_up_comparator=">")
     assert not strict.declined(104, 94) and strict.declined(104, 93.9)
+
+
+def test_a_whole_number_threshold_is_the_same_threshold_in_json_and_avro(tmp_path: Path) -> None:
+    policy_file = tmp_path / "site.toml"
+    policy_file.write_text('policy_id = "site"\nstep_up_threshold = 12\n')
+    policy = load_policy(policy_file)
+    assert type(policy.step_up_threshold) is float
+    reason = Reason("fell 12 points", "FACT-L", 100.0, 88.0, -12.0, policy.step_up_threshold)
+    escalation = Escalation(
+        "id", "p1", Kind.STEP_UP, 2, 0, DAY_MS, "e1", policy.policy_id, 1, reason
+    )
+    rendered = canonical_json(escalation.to_json())
+    assert '"threshold":12.0' in rendered
+    assert canonical_json(decode_escalation(encode_escalation(escalation.to_json()))) == rendered
