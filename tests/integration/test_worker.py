@@ -92,15 +92,18 @@ def cohort() -> list[dict]:
     return events
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_the_worker_publishes_exactly_what_replay_writes(
-    kafka_bootstrap: str, topic_name: str, tmp_path: Path, cohort: list[dict]
+    guarantee: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path, cohort: list[dict]
 ) -> None:
     expected = offline(cohort)
     assert {orjson.loads(line)["kind"] for line in expected} >= {
         "INITIAL_VISIT_DUE", "STEP_UP", "TREATMENT_CHANGE_VISIT_DUE", "POST_DISCHARGE_VISIT_DUE",
         "MONTHLY_VISIT_DUE", "VISIT_OVERDUE", "SURVEY_OVERDUE", "VISIT_REQUEST_CANCELLED",
     }  # fmt: skip
-    deployment = Deployment(kafka_bootstrap, topic_name, tmp_path)
+    deployment = Deployment(
+        kafka_bootstrap, topic_name, tmp_path, STEPCARE_PROCESSING_GUARANTEE=guarantee
+    )
     worker = deployment.worker("worker")
     try:
         # --until closes every partition's clock at END, so the last timers fire as offline.

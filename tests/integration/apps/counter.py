@@ -8,6 +8,10 @@ import os
 
 import faust
 
+import streams.faustfix
+
+streams.faustfix.apply()  # faust 0.15.3 recovery race: seek before resuming streams
+
 app = faust.App(
     os.environ["COUNTER_APP_ID"],
     broker="kafka://" + os.environ["COUNTER_BOOTSTRAP"],
