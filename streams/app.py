@@ -31,6 +31,7 @@ from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from faust.types.auth import CredentialsT
 
+from streams import faustfix
 from streams.codec import CodecError, decode_event, encode_escalation, encode_event
 from streams.engine import Escalation, PatientState
 from streams.events import EventError, event_from_json, format_time
@@ -49,6 +50,7 @@ _CLOCK_KEY = b"\x00clock/%d"
 def build(settings: Settings, policy: Policy | None = None) -> faust.App:
     """The worker's Faust app, configured from ``settings``."""
     policy = policy or resolve_policy(settings.policy)
+    faustfix.apply()  # faust 0.15.3 can lose an event waiting while a table recovers
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
@@ -269,7 +271,7 @@ def _partition_states(table: faust.Table, partition: int) -> Iterator[tuple[str,
         items = store.data.items()
     for key, value in items:
         patient_id = key.decode() if isinstance(key, bytes) else key
-        if patient_id.startswith("\x00"):
+        if patient_id.startswith(("\x00", "__faust")):  # clocks; faust's own offset record
             continue
         try:
             yield patient_id, decode_state(value)

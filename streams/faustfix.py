@@ -1,0 +1,170 @@
+"""Workaround for a faust-streaming 0.15.3 race that loses (or duplicates) events after recovery.
+
+Call ``apply()`` once per process before the worker starts (before ``faust.App(...)`` is fine).
+
+The bug: ``faust/tables/recovery.py`` ``Recovery.on_recovery_completed`` (and the no-table twin
+``Recovery._resume_streams``) resumes the stream partitions *before* it awaits
+``consumer.perform_seek()``. During changelog recovery faust had already resumed the flow
+(``flow_control.resume()``, ``consumer.resume_flow()``), so while the seek waits on the broker, the
+fetcher (``Consumer._drain_messages``) delivers the backlog from the stream partitions into the
+agents' queues and moves ``Consumer._read_offset`` forward. Then:
+
+1. ``perform_seek`` sets ``_read_offset[tp]`` back to the committed offset (e.g. 5) and rewinds
+   aiokafka to it; the drain loop, still going through the batch it fetched before the seek,
+   then sets ``_read_offset[tp]`` to a later offset (e.g. 6);
+2. ``app.flow_control.resume()`` runs ``FlowControlEvent.clear()``, which empties every agent
+   queue: an event delivered but not yet taken by the agent (offset 5) is thrown away;
+3. the re-fetch after the rewind drops offset 5 in ``_drain_messages`` (``offset < r_offset``,
+   "DROPPED MESSAGE ROFF") and delivers 6;
+4. once 6 is acked, ``Consumer._new_offset`` lets the commit go from 5 to 7: its gap check is
+   ``min(acked) - committed > 1`` (faust #606), so an unacked head offset 5 is not a gap.
+
+Offset 5 is never processed, but it is committed. If the agent had already taken the events,
+the rewind re-delivers them and they are processed twice instead.
+
+A second, smaller defect that the reordering would otherwise expose: the fetcher passes the
+consumer's *live* set of active partitions to ``AIOKafkaConsumerThread.getmany``
+(``faust/transport/drivers/aiokafka.py``), and aiokafka's ``Fetcher.fetched_records`` treats an
+empty set as "every partition". When recovery pauses the changelog partitions while a fetch is
+waiting, the set becomes empty, the fetch hands back (and consumes) stream records, and
+``Consumer.getmany`` discards them because their partitions are paused. With the seek after the
+resume (stock faust) the seek rewinds over them; with the seek first they would only come back
+after a restart. So ``getmany`` gets a copy of the set, taken when the fetch starts, and an empty
+copy fetches nothing.
+
+The fix: seek first, then resume the stream partitions. While ``perform_seek`` runs, the stream
+partitions stay paused, as they were all through recovery, so nothing from them is delivered
+before the seek. After the seek, ``resume_partitions``, ``flow_control.resume()`` and
+``resume_flow()`` run with no ``await`` between them, so the queue clear drops nothing from a
+stream partition. Nothing else changes: the same calls, the same seek (to the committed
+offsets), the same generation check. It only costs the few milliseconds of the seek before the
+backlog starts to flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+log = logging.getLogger(__name__)
+
+#: The faust versions whose ``Recovery.on_recovery_completed``/``_resume_streams`` this module
+#: re-implements. Other versions are left alone: check the source again before you add one.
+PATCHED_VERSIONS = frozenset({"0.15.3"})
+
+_MARK = "_stepcare_faustfix_applied"
+
+
+async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+    """``Recovery.on_recovery_completed`` from faust 0.15.3, with the seek before the resume."""
+    consumer = self.app.consumer
+    self.log.info("Restore complete!")
+    await self.app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    # This needs to happen if all goes well
+    callback_coros = [
+        asyncio.ensure_future(
+            table.on_recovery_completed(
+                self.actives_for_table[table],
+                self.standbys_for_table[table],
+            )
+        )
+        for table in self.tables.values()
+    ]
+    if callback_coros:
+        await asyncio.wait(callback_coros)
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning(
+            f"Recovery rebalancing again app id "
+            f"{self.app.consumer_generation_id} param {generation_id}"
+        )
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+    # stepcare: resumed only now, after the seek (faust resumes them before it).
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    self.completed.set()
+    self.log.dev("Resume stream partitions")
+    self.app.flow_control.resume()
+    consumer.resume_flow()
+    # finally make sure the fetcher is running.
+    await cast(Any, self.app)._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    if not self.app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
+    self.app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+async def _resume_streams(self: Any, generation_id: int = 0) -> None:
+    """``Recovery._resume_streams`` (apps without tables), with the seek before the resume."""
+    app = self.app
+    consumer = app.consumer
+    await app.on_rebalance_complete.send()
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning("Recovery rebalancing again")
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+        # stepcare: resumed only now, after the seek (faust resumes them before it).
+        self.log.dev("Resume stream partitions")
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    else:
+        self.log.info("Resuming streams with empty assignment")
+    self.completed.set()
+    # Resume partitions and start fetching.
+    self.log.info("Resuming flow...")
+    app.flow_control.resume()
+    consumer.resume_flow()
+    # finally make sure the fetcher is running.
+    await cast(Any, app)._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+def _snapshot_getmany(original: Any) -> Any:
+    async def getmany(self: Any, active_partitions: Any, timeout: float) -> Any:
+        if active_partitions is not None:
+            active_partitions = set(active_partitions)  # not the live set: see module docstring
+            if not active_partitions:
+                return {}
+        return await original(self, active_partitions, timeout)
+
+    getmany.__wrapped__ = original  # type: ignore[attr-defined]
+    return getmany
+
+
+def apply() -> bool:
+    """Patch faust's ``Recovery`` class in place; idempotent. Returns True if patched.
+
+    Raises RuntimeError on a faust version this was not written for, so an upgrade cannot
+    silently run with (or without) a stale copy of faust code: re-check the bug, then update
+    ``PATCHED_VERSIONS`` or drop this module.
+    """
+    import faust
+    from faust.tables.recovery import Recovery
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(Recovery, _MARK, False):
+        return True
+    if faust.__version__ not in PATCHED_VERSIONS:
+        raise RuntimeError(
+            f"streams.faustfix is written for faust-streaming {sorted(PATCHED_VERSIONS)}, "
+            f"found {faust.__version__}: check whether Recovery.on_recovery_completed still "
+            "resumes stream partitions before perform_seek, then update streams/faustfix.py"
+        )
+    Recovery.on_recovery_completed = _on_recovery_completed  # type: ignore[method-assign]
+    Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
+    AIOKafkaConsumerThread.getmany = _snapshot_getmany(  # type: ignore[method-assign]
+        AIOKafkaConsumerThread.getmany
+    )
+    setattr(Recovery, _MARK, True)
+    log.debug("faustfix: seek before resuming stream partitions; fetch a copy of the active set")
+    return True
