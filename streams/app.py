@@ -30,11 +30,13 @@ from confluent_kafka import Producer
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from faust.types.auth import CredentialsT
+from prometheus_client import REGISTRY
 
 from streams import faustfix
 from streams.codec import CodecError, decode_event, encode_escalation, encode_event
 from streams.engine import Escalation, PatientState
-from streams.events import EventError, event_from_json, format_time
+from streams.events import EventError, EventType, event_from_json, format_time
+from streams.metrics import DEAD_LETTERED, EVENT_TYPES, Census, WorkerMetrics
 from streams.policy import Policy, resolve_policy
 from streams.replay import PartitionEngine
 from streams.settings import Settings
@@ -45,6 +47,7 @@ log = logging.getLogger("stepcare.worker")
 TABLE = "patients"
 # Reserved table keys (never a patient id: ids cannot start with NUL) for each partition's clock.
 _CLOCK_KEY = b"\x00clock/%d"
+LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
 
 
 def build(settings: Settings, policy: Policy | None = None) -> faust.App:
@@ -81,7 +84,8 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
         partitions=settings.partitions,
         help="Each patient's engine state, and each partition's clock.",
     )
-    monitor = Monitor(settings, policy, patients, escalations, dead_letters)
+    metrics = WorkerMetrics(REGISTRY, policy)
+    monitor = Monitor(settings, policy, patients, escalations, dead_letters, metrics)
 
     @app.agent(events, concurrency=1)
     async def monitor_patients(stream: faust.StreamT) -> None:
@@ -92,6 +96,33 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
     async def forget_engines(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
         monitor.reset()
 
+    def input_partitions() -> list[TP]:
+        return sorted(tp for tp in app.consumer.assignment() if tp.topic == settings.input_topic)
+
+    @app.timer(LAG_INTERVAL, on_leader=False)
+    async def measure_lag() -> None:
+        owned = input_partitions()
+        ends = await app.consumer.highwaters(*owned) if owned else {}
+        for partition in range(settings.partitions):
+            metrics.consumer_lag.labels(str(partition)).set(0)
+        for tp in owned:
+            committed = app.consumer._committed_offset.get(tp)  # what this worker committed
+            if committed is not None and tp in ends:
+                metrics.consumer_lag.labels(str(tp.partition)).set(max(0, ends[tp] - committed))
+
+    @app.page("/health")
+    async def health(web: Any, request: Any) -> Any:
+        """The process is alive and its event loop answers."""
+        return web.json({"status": "alive"})
+
+    @app.page("/ready")
+    async def ready(web: Any, request: Any) -> Any:
+        """Partitions assigned and tables recovered: the worker is watching its patients."""
+        owned = [tp.partition for tp in input_partitions()] if app.consumer else []
+        recovered = app.tables.recovery.completed.is_set()
+        body = {"ready": bool(owned) and recovered, "partitions": owned, "recovered": recovered}
+        return web.json(body, status=200 if body["ready"] else 503)
+
     if settings.clock == "wall":
         ticker = Ticker(settings)
 
@@ -100,8 +131,10 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
             owned = {tp.partition for tp in app.consumer.assignment()}
             ticker.tick(sorted(owned & set(range(settings.partitions))))
 
-    # /metrics on the web port: Faust's own metrics (stepcare's domain metrics: issue 5).
-    setup_prometheus_sensors(app, pattern="/metrics", name_prefix="stepcare_faust")
+    # /metrics on the web port: stepcare's metrics (streams/metrics.py) and Faust's own.
+    setup_prometheus_sensors(
+        app, pattern="/metrics", registry=REGISTRY, name_prefix="stepcare_faust"
+    )
     return app
 
 
@@ -115,7 +148,9 @@ class Monitor:
         table: faust.Table,
         escalations: faust.TopicT,
         dead_letters: faust.TopicT,
+        metrics: WorkerMetrics,
     ) -> None:
+        self.metrics = metrics
         self.settings = settings
         self.policy = policy
         self.table = table
@@ -123,29 +158,34 @@ class Monitor:
         self.dead_letters = dead_letters
         self.wait_for_acks = settings.processing_guarantee == "at_least_once"
         self.engines: dict[int, PartitionEngine] = {}
+        self.latest_event = 0  # ms
         self.states: dict[int, BufferedStates] = {}
 
     def reset(self) -> None:
         """Forget in-memory engines; they are rebuilt from the (recovered) table on next use."""
         self.engines.clear()
         self.states.clear()
+        self.metrics.forget_partitions()
 
     async def handle(self, message: Any) -> None:
+        metrics = self.metrics
+        metrics.last_processed.set(time.time())
         try:
             obj = decode_event(message.value)
         except CodecError as exc:
-            await self.dead_letter(message, exc.reason, str(exc))
+            await self.dead_letter(message, "unreadable", exc.reason, str(exc))
             return
+        kind = obj.get("type") if obj.get("type") in EVENT_TYPES else "unreadable"
         try:
             event = event_from_json(obj)
             key = message.key.decode() if message.key else ""
         except (EventError, UnicodeDecodeError) as exc:
-            await self.dead_letter(message, "invalid-event", str(exc))
+            await self.dead_letter(message, kind, "invalid-event", str(exc))
             return
         if key != event.patient_id:
             detail = "the record key is not the event's patient_id (events of one patient "
             detail += "must share one key, or their order is lost)"
-            await self.dead_letter(message, "invalid-event", detail)
+            await self.dead_letter(message, kind, "invalid-event", detail)
             return
 
         partition = message.partition
@@ -157,14 +197,26 @@ class Monitor:
         except Exception as exc:  # a defect, not bad input: keep watching the other patients
             log.exception("engine failed on partition %d offset %d", partition, message.offset)
             self.engines.pop(partition, None)  # its clock and timer index may be half-updated
-            states.pending.clear()
-            await self.dead_letter(message, "processing-error", f"{type(exc).__name__}: {exc}")
+            states.discard()
+            detail = f"{type(exc).__name__}: {exc}"
+            await self.dead_letter(message, kind, "processing-error", detail)
             return
         if processed.escalations:
             await self.publish(processed.escalations)
-        states.flush()
+        states.flush(metrics.census(partition))
+        metrics.publish_census()
         if engine.clock != clock_before:
             self.table[_CLOCK_KEY % partition] = engine.clock.to_bytes(8, "big")
+        for suppressed in processed.suppressed:
+            metrics.suppressed.labels(str(suppressed)).inc()
+        if event.type is EventType.CLOCK_TICK:
+            metrics.ticks.inc()
+            return
+        metrics.events.labels(kind, str(processed.outcome)).inc()
+        metrics.event_lag.observe(max(0.0, time.time() - event.occurred_at / 1000))
+        if event.occurred_at > self.latest_event:  # event-time progress never goes back
+            self.latest_event = event.occurred_at
+            metrics.last_event.set(event.occurred_at / 1000)
 
     async def publish(self, escalations: tuple[Escalation, ...]) -> None:
         pending = []
@@ -177,12 +229,15 @@ class Monitor:
                     timestamp=escalation.occurred_at / 1000,
                 )
             )
+            self.metrics.escalations.labels(str(escalation.kind)).inc()
         if self.wait_for_acks:
             # The states that remember these escalations are written only once the broker
             # has them: a crash in between repeats them (same ids) instead of losing them.
             await asyncio.gather(*pending)
 
-    async def dead_letter(self, message: Any, reason: str, detail: str) -> None:
+    async def dead_letter(self, message: Any, kind: str, reason: str, detail: str) -> None:
+        self.metrics.events.labels(kind, DEAD_LETTERED).inc()
+        self.metrics.dead_letters.labels(reason).inc()
         headers = list((message.headers or {}).items() if isinstance(message.headers, dict)
                        else message.headers or [])  # fmt: skip
         headers += [
@@ -205,9 +260,12 @@ class Monitor:
         clock = self.table.get(_CLOCK_KEY % partition)
         engine.clock = int.from_bytes(clock, "big") if clock else None
         patients = 0
+        census = Census()
         for patient_id, state in _partition_states(self.table, partition):
             engine.index(patient_id, state)
+            census.add(state)
             patients += 1
+        self.metrics.replace_census(partition, census)
         self.engines[partition] = engine
         self.states[partition] = states
         log.info(
@@ -226,6 +284,7 @@ class BufferedStates(MutableMapping[str, PatientState]):
     def __init__(self, table: faust.Table) -> None:
         self.table = table
         self.pending: dict[str, PatientState] = {}
+        self.before: dict[str, PatientState | None] = {}  # for the census of the metrics
 
     def __getitem__(self, patient_id: str) -> PatientState:
         state = self.pending.get(patient_id)
@@ -243,6 +302,8 @@ class BufferedStates(MutableMapping[str, PatientState]):
             return default
 
     def __setitem__(self, patient_id: str, state: PatientState) -> None:
+        if patient_id not in self.before:
+            self.before[patient_id] = self.get(patient_id)
         self.pending[patient_id] = state
 
     def __delitem__(self, patient_id: str) -> None:
@@ -254,12 +315,17 @@ class BufferedStates(MutableMapping[str, PatientState]):
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def flush(self) -> None:
+    def flush(self, census: Census) -> None:
         """Write the changed states to the table (and so to its changelog)."""
         table = self.table
         for patient_id, state in self.pending.items():
             table[patient_id.encode()] = encode_state(state)
+            census.change(self.before[patient_id], state)
+        self.discard()
+
+    def discard(self) -> None:
         self.pending.clear()
+        self.before.clear()
 
 
 def _partition_states(table: faust.Table, partition: int) -> Iterator[tuple[str, PatientState]]:

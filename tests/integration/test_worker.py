@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import subprocess
-import sys
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -15,60 +12,15 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from streams.codec import decode_escalation, encode_event
+from streams.codec import encode_event
 from streams.demo import demo_cohort
 from streams.events import parse_time
 from streams.policy import builtin_policy
-from streams.replay import canonical_json, replay
-from tests.integration.workers import REPO, WorkerProcess, free_port, read_topic
+from streams.replay import replay
+from tests.integration.workers import REPO, Deployment, read_topic
 
 END = "2025-06-01T00:00:00Z"
 TICK = "2024-09-01T00:00:00Z"  # the --until of examples/three-patients.escalations.jsonl
-PARTITIONS = 4
-
-
-class Deployment:
-    """One worker deployment on the test broker: its own app id, topics and settings."""
-
-    def __init__(self, bootstrap: str, topic_name: str, tmp_path: Path, **extra: str) -> None:
-        self.bootstrap = bootstrap
-        self.tmp_path = tmp_path
-        self.input = f"{topic_name}.events"
-        self.escalations = f"{topic_name}.escalations"
-        self.dead_letters = f"{topic_name}.dlq"
-        self.env = {
-            "STEPCARE_BOOTSTRAP_SERVERS": bootstrap,
-            "STEPCARE_APP_ID": f"stepcare-test-{uuid.uuid4().hex[:8]}",
-            "STEPCARE_INPUT_TOPIC": self.input,
-            "STEPCARE_ESCALATIONS_TOPIC": self.escalations,
-            "STEPCARE_DEAD_LETTER_TOPIC": self.dead_letters,
-            "STEPCARE_PARTITIONS": str(PARTITIONS),
-            "STEPCARE_CLOCK": "event",
-            "STEPCARE_WEB_PORT": str(free_port()),
-            **extra,
-        }
-
-    def worker(self, name: str) -> WorkerProcess:
-        worker = WorkerProcess(self.env, self.tmp_path / name, name=name)
-        worker.wait_ready()
-        return worker
-
-    def publish(self, events: list[dict], *, until: str | None = None) -> str:
-        """Publish through the real ``stepcare publish``; its stderr (report and summary)."""
-        log = self.tmp_path / f"publish-{uuid.uuid4().hex[:6]}.jsonl"
-        log.write_text("".join(orjson.dumps(e).decode() + "\n" for e in events))
-        command = [sys.executable, "-m", "streams.cli", "publish", "--input", str(log)]
-        command += ["--topic", self.input, "--bootstrap-servers", self.bootstrap]
-        if until:
-            command += ["--until", until]
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return done.stderr
-
-    def escalations_read(self, expected: int | None = None) -> list[str]:
-        """The escalations on the topic, as canonical JSON lines (duplicates kept)."""
-        records = read_topic(self.bootstrap, self.escalations, expected=expected)
-        return [canonical_json(decode_escalation(r.value())) for r in records]
 
 
 def offline(events: list[dict], until: str | None = END) -> list[str]:
@@ -202,7 +154,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_processed(
         tick = encode_event(
             {"event_id": "", "patient_id": "", "occurred_at": TICK, "type": "CLOCK_TICK"}
         )
-        for partition in range(PARTITIONS):
+        for partition in range(Deployment.PARTITIONS):
             producer.produce(deployment.input, key=b"", value=tick, partition=partition)
         assert producer.flush(30) == 0
         dead = read_topic(kafka_bootstrap, deployment.dead_letters, expected=len(bad))
@@ -221,6 +173,6 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_processed(
         assert headers["error.reason"].decode() == reason
         assert phrase in headers["error.detail"].decode()
         assert headers["source.topic"].decode() == deployment.input
-        assert int(headers["source.partition"]) in range(PARTITIONS)
+        assert int(headers["source.partition"]) in range(Deployment.PARTITIONS)
         assert int(headers["source.offset"]) >= 0
     assert Counter(received) == Counter(expected)

@@ -11,7 +11,11 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from streams.codec import decode_escalation
+from streams.replay import canonical_json
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,6 +59,52 @@ class WorkerProcess:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Deployment:
+    """One worker deployment on the test broker: its own app id, topics and settings."""
+
+    PARTITIONS = 4
+
+    def __init__(self, bootstrap: str, topic_name: str, tmp_path: Path, **extra: str) -> None:
+        self.bootstrap = bootstrap
+        self.tmp_path = tmp_path
+        self.input = f"{topic_name}.events"
+        self.escalations = f"{topic_name}.escalations"
+        self.dead_letters = f"{topic_name}.dlq"
+        self.env = {
+            "STEPCARE_BOOTSTRAP_SERVERS": bootstrap,
+            "STEPCARE_APP_ID": f"stepcare-test-{uuid.uuid4().hex[:8]}",
+            "STEPCARE_INPUT_TOPIC": self.input,
+            "STEPCARE_ESCALATIONS_TOPIC": self.escalations,
+            "STEPCARE_DEAD_LETTER_TOPIC": self.dead_letters,
+            "STEPCARE_PARTITIONS": str(self.PARTITIONS),
+            "STEPCARE_CLOCK": "event",
+            "STEPCARE_WEB_PORT": str(free_port()),
+            **extra,
+        }
+
+    def worker(self, name: str) -> WorkerProcess:
+        worker = WorkerProcess(self.env, self.tmp_path / name, name=name)
+        worker.wait_ready()
+        return worker
+
+    def publish(self, events: list[dict], *, until: str | None = None) -> str:
+        """Publish through the real ``stepcare publish``; its stderr (report and summary)."""
+        log = self.tmp_path / f"publish-{uuid.uuid4().hex[:6]}.jsonl"
+        log.write_text("".join(orjson.dumps(e).decode() + "\n" for e in events))
+        command = [sys.executable, "-m", "streams.cli", "publish", "--input", str(log)]
+        command += ["--topic", self.input, "--bootstrap-servers", self.bootstrap]
+        if until:
+            command += ["--until", until]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    def escalations_read(self, expected: int | None = None) -> list[str]:
+        """The escalations on the topic, as canonical JSON lines (duplicates kept)."""
+        records = read_topic(self.bootstrap, self.escalations, expected=expected)
+        return [canonical_json(decode_escalation(r.value())) for r in records]
 
 
 def read_topic(
