@@ -110,6 +110,13 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
             if committed is not None and tp in ends:
                 metrics.consumer_lag.labels(str(tp.partition)).set(max(0, ends[tp] - committed))
 
+    if settings.clock == "wall":
+        ticker = Ticker(settings)
+
+        @app.timer(float(settings.tick_interval), on_leader=False)
+        async def tick() -> None:
+            ticker.tick([tp.partition for tp in input_partitions()])  # only the ones it owns
+
     @app.page("/health")
     async def health(web: Any, request: Any) -> Any:
         """The process is alive and its event loop answers."""
@@ -122,14 +129,6 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
         recovered = app.tables.recovery.completed.is_set()
         body = {"ready": bool(owned) and recovered, "partitions": owned, "recovered": recovered}
         return web.json(body, status=200 if body["ready"] else 503)
-
-    if settings.clock == "wall":
-        ticker = Ticker(settings)
-
-        @app.timer(float(settings.tick_interval), on_leader=False)
-        async def tick() -> None:
-            owned = {tp.partition for tp in app.consumer.assignment()}
-            ticker.tick(sorted(owned & set(range(settings.partitions))))
 
     # /metrics on the web port: stepcare's metrics (streams/metrics.py) and Faust's own.
     setup_prometheus_sensors(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from confluent_kafka import Producer
 
 from streams.codec import encode_event
 from streams.demo import demo_cohort
-from streams.events import parse_time
+from streams.events import DAY_MS, format_time, parse_time
 from streams.policy import builtin_policy
 from streams.replay import replay
 from tests.integration.workers import REPO, Deployment, read_topic
@@ -176,3 +177,24 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_processed(
         assert int(headers["source.partition"]) in range(Deployment.PARTITIONS)
         assert int(headers["source.offset"]) >= 0
     assert Counter(received) == Counter(expected)
+
+
+def test_the_wall_clock_fires_timers_when_no_event_comes(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    now = time.time_ns() // 1_000_000
+    enrolled_at = now - 40 * DAY_MS  # its initial visit was due 12 days ago
+    deployment = Deployment(
+        kafka_bootstrap, topic_name, tmp_path, STEPCARE_CLOCK="wall", STEPCARE_TICK_INTERVAL="1"
+    )
+    worker = deployment.worker("worker")
+    try:
+        event = {**enrolled("p-wall", "w1"), "occurred_at": format_time(enrolled_at)}
+        deployment.publish([event])  # and nothing after it
+        received = [orjson.loads(line) for line in deployment.escalations_read(expected=2)]
+    finally:
+        assert worker.stop() == 0
+    assert [(e["kind"], e["occurred_at"]) for e in received] == [
+        ("INITIAL_VISIT_DUE", format_time(enrolled_at)),
+        ("VISIT_OVERDUE", format_time(enrolled_at + 28 * DAY_MS)),
+    ]
