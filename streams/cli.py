@@ -7,6 +7,8 @@ no traceback reaches the user.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import signal
 import sys
@@ -25,6 +27,12 @@ from streams.settings import KAFKA_VERSIONS, Settings, SettingsError
 from streams.topics import TopicError
 
 EXIT_USAGE = 2
+ANALYSIS_COMMANDS = {
+    "simulate": "a seeded synthetic cohort shaped like the STEP PC trial, as a replay log",
+    "compare": "run two or more policies over one log and compare what they request",
+    "explain": "why was this patient (not) seen: one patient's timeline as text and a chart",
+    "convert": "convert an event log between JSONL and Avro container files",
+}
 
 
 class UsageError(Exception):
@@ -124,6 +132,15 @@ def _parser() -> argparse.ArgumentParser:
     cohort.add_argument("--end", default="now", help="RFC 3339 time of the end, or now")
     cohort.add_argument("--output", default="-", help="file to write, or - for stdout")
     cohort.set_defaults(handler=_demo_cohort)
+
+    # Analysis commands: modules with configure(parser) and run(args, settings).
+    for name, help_text in ANALYSIS_COMMANDS.items():
+        if importlib.util.find_spec(f"streams.{name}") is None:  # still being written
+            continue
+        module = importlib.import_module(f"streams.{name}")
+        command = commands.add_parser(name, help=help_text, description=module.__doc__)
+        module.configure(command)
+        command.set_defaults(handler=module.run)
 
     show = commands.add_parser("settings", help="print every STEPCARE_* setting and its value")
     show.set_defaults(handler=_settings)
