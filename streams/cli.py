@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     pub.add_argument("--rate", type=float, help="at most this many events per second")
     pub.add_argument("--until", help="then a CLOCK_TICK at this RFC 3339 time on every partition")
     pub.add_argument(
+        "--from", dest="since", help="only events at or after this RFC 3339 time (a time range)"
+    )
+    pub.add_argument("--to", dest="before", help="only events before this RFC 3339 time")
+    pub.add_argument(
         "--bootstrap-servers", help="Kafka bootstrap servers (default: STEPCARE_BOOTSTRAP_SERVERS)"
     )
     pub.add_argument("--strict", action="store_true", help="exit 2 on the first bad line")

@@ -50,6 +50,7 @@ class PublishSummary:
     rejected: int = 0
     failed: int = 0
     ticks: int = 0
+    outside: int = 0  # valid events outside --from/--to, not published
     seconds: float = 0.0
     stopped_at: str | None = None  # strict mode: the bad record that stopped the run
     failures: Counter[str] = field(default_factory=Counter)
@@ -60,6 +61,8 @@ class PublishSummary:
             f"published {self.published} events to {self.topic} in {self.seconds:.1f} s "
             f"({rate:.0f} events/s); {self.rejected} rejected, {self.failed} not delivered"
         )
+        if self.outside:
+            line += f"; {self.outside} outside the time range"
         if self.ticks:
             line += f"; CLOCK_TICK on {self.ticks} partitions"
         return line
@@ -225,6 +228,8 @@ def publish_log(
     *,
     rate: float | None = None,
     until: int | None = None,
+    since: int | None = None,
+    before: int | None = None,
     strict: bool = False,
     where: str = "the broker",
     err: IO[str] | None = None,
@@ -262,6 +267,11 @@ def publish_log(
                     break
                 progress.clear()
                 err.write(f"{log.label} {number}: {exc}\n")
+                continue
+            if (since is not None and event.occurred_at < since) or (
+                before is not None and event.occurred_at >= before
+            ):
+                summary.outside += 1
                 continue
             if bucket is not None:
                 _wait(producer, bucket.take())
@@ -347,10 +357,15 @@ def _error_text(exc: KafkaException) -> str:
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
     """The ``stepcare publish`` command: 0 if every record was delivered, 1 if some were not."""
-    try:
-        until = None if args.until is None else parse_time(args.until)
-    except EventError as exc:
-        raise PublishError(f"--until: {exc}") from None
+    times = {}
+    for option, value in (("--until", args.until), ("--from", args.since), ("--to", args.before)):
+        try:
+            times[option] = None if value is None else parse_time(value)
+        except EventError as exc:
+            raise PublishError(f"{option}: {exc}") from None
+    until, since, before = times["--until"], times["--from"], times["--to"]
+    if since is not None and before is not None and since >= before:
+        raise PublishError("--from must be before --to")
     if args.rate is not None and not args.rate > 0:
         raise PublishError(f"--rate: {args.rate:g} is not a positive number of events/s")
     topic = args.topic or settings.input_topic
@@ -368,6 +383,8 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             topic,
             rate=args.rate,
             until=until,
+            since=since,
+            before=before,
             strict=args.strict,
             where=config["bootstrap.servers"],
         )

@@ -315,3 +315,26 @@ def test_the_summary_line() -> None:
         "published 24 events to t in 0.5 s (48 events/s); 2 rejected, 0 not delivered; "
         "CLOCK_TICK on 4 partitions"
     )
+
+
+def test_from_and_to_publish_only_a_time_range(kafka_bootstrap: str, topic_name: str) -> None:
+    create_topic(kafka_bootstrap, topic_name, 2)
+    since, before = "2024-03-01T00:00:00Z", "2024-04-15T00:00:00Z"
+    inside = [
+        json.loads(line) for line in LINES
+        if parse_time(since) <= parse_time(json.loads(line)["occurred_at"]) < parse_time(before)
+    ]  # fmt: skip
+    assert 0 < len(inside) < len(LINES)
+
+    done = publish(
+        kafka_bootstrap, "--input", str(EXAMPLE), "--topic", topic_name,
+        "--from", since, "--to", before,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert _summary(done.stderr.decode()).endswith(
+        f"; {len(LINES) - len(inside)} outside the time range"
+    )
+    records = read_partitions(kafka_bootstrap, topic_name, 2)
+    published = sorted(decode_event(m.value())["event_id"] for ms in records.values() for m in ms)
+    assert published == sorted(e["event_id"] for e in inside)
