@@ -7,9 +7,11 @@ no traceback reaches the user.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
+import re
 import signal
 import sys
 import time
@@ -113,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Configured by STEPCARE_* settings (stepcare settings lists them). Creates "
         "missing topics, then runs until SIGTERM or Ctrl-C.",
     )
+    work.add_argument(
+        "--replay",
+        metavar="RUN",
+        help="a replay run: its own application id, event clock, and output to "
+        "stepcare.escalations.replay.RUN (scheduling systems never see it)",
+    )
+    work.add_argument("--policy", help="policy of this run (default: STEPCARE_POLICY)")
     work.set_defaults(handler=_worker)
 
     tops = commands.add_parser(
@@ -145,6 +154,19 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text, description=module.__doc__)
         module.configure(command)
         command.set_defaults(handler=module.run)
+
+    offsets = commands.add_parser(
+        "offsets",
+        help="move a consumer group's offsets on a topic to a point in time",
+        description="Dry run unless --execute. The group must be idle (its consumers stopped). "
+        "Use it to re-deliver escalations to a scheduling system from a datetime (it "
+        "deduplicates by escalation_id), or to re-read input after an upstream fix.",
+    )
+    offsets.add_argument("--group", required=True, help="consumer group id")
+    offsets.add_argument("--topic", required=True, help="topic whose offsets move")
+    offsets.add_argument("--to-datetime", required=True, help="RFC 3339 time to move to")
+    offsets.add_argument("--execute", action="store_true", help="move them (default: show)")
+    offsets.set_defaults(handler=_offsets)
 
     show = commands.add_parser("settings", help="print every STEPCARE_* setting and its value")
     show.set_defaults(handler=_settings)
@@ -286,8 +308,22 @@ def _responses_of(obj: Any) -> Any:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams import app as worker_app  # faust is slow to import: only for this command
 
+    if args.policy:
+        settings = dataclasses.replace(settings, policy=args.policy)
+    if args.replay:
+        settings = replay_settings(settings, args.replay)
+        _err(
+            f"replay run {args.replay!r}: application id {settings.app_id}, from the start of "
+            f"{settings.input_topic} into {settings.escalations_topic}"
+        )
     policy = resolve_policy(settings.policy)
     _topics(args, settings)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the data dir {settings.data_dir}: {exc.strerror}"
+        ) from None
     app = worker_app.build(settings, policy)
     _err(
         f"stepcare worker {settings.app_id}: policy {policy.policy_id} v{policy.policy_version}, "
@@ -295,6 +331,45 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         f"metrics on http://{settings.web_host}:{settings.web_port}/metrics"
     )
     return worker_app.run(app, settings)
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def replay_settings(settings: Settings, run: str) -> Settings:
+    """A replay run's settings: a fresh consumer group (so it reads the input topic from its
+    start), event-time clock, and its own output topics and data dir, so nothing it writes
+    reaches the live escalation topic or disturbs a live worker's state."""
+    if not RUN_NAME.fullmatch(run):
+        raise UsageError(f"--replay {run!r}: a run name is letters, digits, '.', '_' or '-'")
+
+    def beside(topic: str) -> str:
+        return f"{topic.removesuffix('.v1')}.replay.{run}"
+
+    return dataclasses.replace(
+        settings,
+        app_id=f"{settings.app_id}-replay-{run}",
+        escalations_topic=beside(settings.escalations_topic),
+        dead_letter_topic=beside(settings.dead_letter_topic),
+        data_dir=settings.data_dir / f"replay-{run}",
+        clock="event",
+    )
+
+
+def _offsets(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.topics import reset_offsets
+
+    try:
+        moment = parse_time(args.to_datetime)
+    except EventError as exc:
+        raise UsageError(f"--to-datetime: {exc}") from None
+    moves = reset_offsets(settings, args.group, args.topic, moment, execute=args.execute)
+    for move in moves:
+        before = "none" if move.committed is None else move.committed
+        print(f"{args.topic} [{move.partition}]: {before} -> {move.target}")
+    verb = "moved" if args.execute else "would move (dry run; add --execute)"
+    _err(f"{verb} {args.group} on {len(moves)} partitions to {args.to_datetime}")
+    return 0
 
 
 def _topics(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,4 +1,5 @@
-"""The topics of DESIGN §2: created with the configured partitions and replication, checked.
+"""The topics of DESIGN §2: created with the configured partitions and replication, checked;
+and a consumer group's offsets moved to a point in time (backfills, re-deliveries).
 
 The input topic's partition count is fixed for the life of a deployment: the worker's table is
 co-partitioned with it (a patient's state lives in the partition their events go to), so a
@@ -7,7 +8,9 @@ mismatch is refused with a clear error instead of silently splitting patients' s
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaException
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.settings import Settings, env_name
@@ -63,3 +66,64 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             if error.name() != "TOPIC_ALREADY_EXISTS":  # another worker was faster
                 raise TopicError(f"cannot create topic {name}: {error.str()}") from None
     return missing
+
+
+@dataclass(frozen=True)
+class OffsetMove:
+    partition: int
+    committed: int | None  # None: the group has no committed offset there
+    target: int
+
+
+def reset_offsets(
+    settings: Settings,
+    group: str,
+    topic: str,
+    moment_ms: int,
+    *,
+    execute: bool,
+    timeout: float = 30,
+) -> list[OffsetMove]:
+    """Move ``group``'s committed offsets on ``topic`` to the first record at or after
+    ``moment_ms`` (the end, where no record is that late). Only with ``execute``; the group
+    must have no active member (Kafka refuses to move a live group's offsets)."""
+    config = settings.confluent_config()
+    admin = AdminClient(config)
+    try:
+        metadata = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise TopicError(f"topic {topic} does not exist at {settings.bootstrap_servers}")
+        partitions = sorted(metadata.partitions)
+        description = admin.describe_consumer_groups([group])[group].result(timeout)
+    except KafkaException as exc:
+        raise TopicError(f"cannot reach Kafka: {exc.args[0].str()}") from None
+    if description.members:
+        raise TopicError(
+            f"group {group} has {len(description.members)} active member(s): stop its "
+            "consumers first (Kafka moves only an idle group's offsets)"
+        )
+    consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+    try:
+        wanted = [TopicPartition(topic, p, moment_ms) for p in partitions]
+        found = consumer.offsets_for_times(wanted, timeout=timeout)
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout)
+        moves = []
+        for at_time, now in zip(found, committed, strict=True):
+            target = at_time.offset
+            if target < 0:  # no record that late: the end of the partition
+                target = consumer.get_watermark_offsets(
+                    TopicPartition(topic, at_time.partition), timeout=timeout
+                )[1]
+            current = now.offset if now.offset >= 0 else None
+            moves.append(OffsetMove(at_time.partition, current, target))
+    finally:
+        consumer.close()
+    if execute:
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(topic, m.partition, m.target) for m in moves]
+        )
+        try:
+            admin.alter_consumer_group_offsets([request])[group].result(timeout)
+        except KafkaException as exc:
+            raise TopicError(f"cannot move the offsets of {group}: {exc.args[0].str()}") from None
+    return moves

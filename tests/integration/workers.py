@@ -29,12 +29,14 @@ def free_port() -> int:
 class WorkerProcess:
     """``stepcare worker`` through the real CLI, configured by STEPCARE_* variables."""
 
-    def __init__(self, env: dict[str, str], datadir: Path, name: str = "worker") -> None:
+    def __init__(
+        self, env: dict[str, str], datadir: Path, name: str = "worker", args: tuple[str, ...] = ()
+    ) -> None:
         self.log = datadir.parent / f"{name}.log"
         full_env = {**os.environ, **env, "STEPCARE_DATA_DIR": str(datadir), "PYTHONPATH": str(REPO)}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "streams.cli", "worker", *args],
                 cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
@@ -84,8 +86,8 @@ class Deployment:
             **extra,
         }
 
-    def worker(self, name: str) -> WorkerProcess:
-        worker = WorkerProcess(self.env, self.tmp_path / name, name=name)
+    def worker(self, name: str, *args: str) -> WorkerProcess:
+        worker = WorkerProcess(self.env, self.tmp_path / name, name=name, args=args)
         worker.wait_ready()
         return worker
 
@@ -101,9 +103,9 @@ class Deployment:
         assert done.returncode == 0, done.stderr
         return done.stderr
 
-    def escalations_read(self, expected: int | None = None) -> list[str]:
+    def escalations_read(self, expected: int | None = None, topic: str | None = None) -> list[str]:
         """The escalations on the topic, as canonical JSON lines (duplicates kept)."""
-        records = read_topic(self.bootstrap, self.escalations, expected=expected)
+        records = read_topic(self.bootstrap, topic or self.escalations, expected=expected)
         return [canonical_json(decode_escalation(r.value())) for r in records]
 
 
