@@ -267,7 +267,7 @@ def _on_survey(state: PatientState, event: PatientEvent, key: int, policy: Polic
     new = state._replace(last_survey_at=last, totals=totals, survey_due=survey_due)
     if state.care_step != 1 or key == state.baseline_key:
         return Result(new)
-    baseline = _comparison_baseline(state, t, policy)
+    baseline = comparison_baseline(state, t, policy)
     if not policy.declined(baseline, total):
         return Result(new)
     change = total - baseline
@@ -374,7 +374,7 @@ def _hold(
     return tuple(recent[-policy.held_survey_limit :])
 
 
-def _comparison_baseline(state: PatientState, t: int, policy: Policy) -> float:
+def comparison_baseline(state: PatientState, t: int, policy: Policy) -> float:
     """The baseline a new total is compared with: fixed, or the rolling median of recent totals."""
     assert state.baseline is not None
     if policy.baseline_mode == "fixed":
