@@ -26,7 +26,7 @@ from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import faust
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from faust.types.auth import CredentialsT
@@ -85,6 +85,7 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
         help="Each patient's engine state, and each partition's clock.",
     )
     metrics = WorkerMetrics(REGISTRY, policy)
+    metrics.last_processed.set(time.time())  # "not since it started", rather than "since 1970"
     monitor = Monitor(settings, policy, patients, escalations, dead_letters, metrics)
 
     @app.agent(events, concurrency=1)
@@ -99,16 +100,14 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
     def input_partitions() -> list[TP]:
         return sorted(tp for tp in app.consumer.assignment() if tp.topic == settings.input_topic)
 
+    lag_probe = LagProbe(settings)
+
     @app.timer(LAG_INTERVAL, on_leader=False)
     async def measure_lag() -> None:
-        owned = input_partitions()
-        ends = await app.consumer.highwaters(*owned) if owned else {}
+        owned = [tp.partition for tp in input_partitions()]
+        lags = await asyncio.get_running_loop().run_in_executor(None, lag_probe.measure, owned)
         for partition in range(settings.partitions):
-            metrics.consumer_lag.labels(str(partition)).set(0)
-        for tp in owned:
-            committed = app.consumer._committed_offset.get(tp)  # what this worker committed
-            if committed is not None and tp in ends:
-                metrics.consumer_lag.labels(str(tp.partition)).set(max(0, ends[tp] - committed))
+            metrics.consumer_lag.labels(str(partition)).set(lags.get(partition, 0))
 
     if settings.clock == "wall":
         ticker = Ticker(settings)
@@ -354,6 +353,37 @@ def cloudevent_headers(escalation: Escalation) -> list[tuple[str, bytes]]:
         ("ce_time", format_time(escalation.occurred_at).encode()),
         ("content-type", b"application/avro"),
     ]
+
+
+class LagProbe:
+    """Consumer lag as Kafka sees it: end offset minus the group's committed offset."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.input_topic
+        self.group = settings.app_id
+        self.config = settings.confluent_config()
+        self.consumer: Consumer | None = None
+
+    def measure(self, partitions: list[int]) -> dict[int, int]:
+        """Lag of each partition (this worker's); {} when the broker cannot be asked."""
+        if not partitions:
+            return {}
+        try:
+            if self.consumer is None:
+                self.consumer = Consumer(
+                    {**self.config, "group.id": self.group, "enable.auto.commit": False}
+                )
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            committed = self.consumer.committed(tps, timeout=5)
+            lags = {}
+            for tp in committed:
+                end = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)[1]
+                start = tp.offset if tp.offset >= 0 else 0  # nothing committed yet: all of it
+                lags[tp.partition] = max(0, end - start)
+            return lags
+        except KafkaException as exc:
+            log.warning("consumer lag not measured: %s", exc.args[0].str())
+            return {}
 
 
 class Ticker:

@@ -94,7 +94,8 @@ class WorkerMetrics:
         )
         self.last_processed = Gauge(
             "stepcare_last_processed_timestamp_seconds",
-            "Wall time the worker last processed an input record, clock ticks included.",
+            "Wall time the worker last processed an input record (clock ticks included), or "
+            "started.",
             registry=registry,
         )
         self.ticks = PromCounter(
