@@ -36,7 +36,7 @@ import orjson
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
-from streams.events import EventError, format_time, parse_time
+from streams.events import EventError, attributes_of, format_time, parse_time
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 RELEASED_DIR = SCHEMA_DIR / "released"
@@ -197,13 +197,7 @@ def event_record(obj: Any) -> dict[str, Any]:
     survey = obj.get("survey")
     if survey is not None:
         survey = _survey_record(survey)
-    attributes = obj.get("attributes")
-    if attributes is None:
-        attributes = {}
-    elif type(attributes) is not dict or not all(
-        type(k) is str and type(v) is str for k, v in attributes.items()
-    ):
-        raise EventError("attributes must map strings to strings")
+    attributes = attributes_of(obj)
     return {
         "event_id": _string(obj, "event_id"),
         "patient_id": _string(obj, "patient_id"),

@@ -171,19 +171,25 @@ def event_from_json(obj: Any) -> PatientEvent:
     source = obj.get("source")
     if source is not None and type(source) is not str:
         raise EventError("source must be a string")
-    attributes = obj.get("attributes")
-    if attributes is None:
-        attributes = {}
-    elif type(attributes) is not dict or not all(
-        type(k) is str and type(v) is str for k, v in attributes.items()
-    ):
-        raise EventError("attributes must map strings to strings")
+    attributes = attributes_of(obj)
     survey = obj.get("survey")
     if kind is EventType.SURVEY_SUBMITTED:
         survey = _survey(survey)
     elif survey is not None:
         raise EventError(f"a {kind} event carries no survey")
     return PatientEvent(event_id, patient_id, occurred_at, kind, source, survey, attributes)
+
+
+def attributes_of(obj: dict) -> dict[str, str]:
+    """The event's ``attributes``: absent is empty; anything but strings to strings is refused."""
+    attributes = obj.get("attributes")
+    if attributes is None:
+        return {}
+    if type(attributes) is not dict or not all(
+        type(k) is str and type(v) is str for k, v in attributes.items()
+    ):
+        raise EventError("attributes must map strings to strings")
+    return attributes
 
 
 def _identifier(obj: dict, name: str, *, allow_empty: bool) -> str:

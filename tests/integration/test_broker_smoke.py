@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -16,7 +14,7 @@ from aiokafka import TopicPartition as AioTopicPartition
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.integration.workers import FaustProcess
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
@@ -136,43 +134,24 @@ async def test_aiokafka_transactions_commit_and_abort(line_bootstrap: str, topic
     assert [m.value() for m in received] == [b"committed", b"committed-2", b"end"]
 
 
-class CounterWorker:
+class CounterWorker(FaustProcess):
     """The Faust counter app (tests/integration/apps/counter.py) as a real worker process."""
 
     def __init__(self, bootstrap: str, app_id: str, topics: tuple[str, str], datadir: Path) -> None:
         env = {
-            **os.environ,
             "COUNTER_APP_ID": app_id,
             "COUNTER_BOOTSTRAP": bootstrap,
             "COUNTER_INPUT": topics[0],
             "COUNTER_OUTPUT": topics[1],
             "COUNTER_PARTITIONS": "2",
-            "PYTHONPATH": str(REPO),
         }
-        self.log = datadir.with_suffix(".log")
         level = os.environ.get("COUNTER_LOGLEVEL", "info")
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "faust", "-A", "tests.integration.apps.counter",
-                 "--datadir", str(datadir), "worker", "--without-web", "-l", level],
-                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Wait for faust's "Worker ready": partitions assigned and tables recovered."""
-        deadline = time.monotonic() + timeout
-        while b"Worker ready" not in self.log.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"faust worker not ready; log: {self.log}")
-            time.sleep(0.2)
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"faust worker did not stop; log: {self.log}") from None
+        super().__init__(
+            [sys.executable, "-m", "faust", "-A", "tests.integration.apps.counter",
+             "--datadir", str(datadir), "worker", "--without-web", "-l", level],
+            env,
+            datadir.with_suffix(".log"),
+        )  # fmt: skip
 
 
 def read_to_end(bootstrap: str, topic: str) -> dict[str, list[int]]:

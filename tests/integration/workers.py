@@ -26,18 +26,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class WorkerProcess:
-    """``stepcare worker`` through the real CLI, configured by STEPCARE_* variables."""
+class FaustProcess:
+    """A Faust worker process whose output goes to ``log``; ready once faust says so."""
 
-    def __init__(
-        self, env: dict[str, str], datadir: Path, name: str = "worker", args: tuple[str, ...] = ()
-    ) -> None:
-        self.log = datadir.parent / f"{name}.log"
-        full_env = {**os.environ, **env, "STEPCARE_DATA_DIR": str(datadir), "PYTHONPATH": str(REPO)}
-        with open(self.log, "ab") as out:
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", *args],
-                cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                command, cwd=REPO, env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+                stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
     def wait_ready(self, timeout: float = 120.0) -> None:
@@ -61,6 +58,19 @@ class WorkerProcess:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class WorkerProcess(FaustProcess):
+    """``stepcare worker`` through the real CLI, configured by STEPCARE_* variables."""
+
+    def __init__(
+        self, env: dict[str, str], datadir: Path, name: str = "worker", args: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(
+            [sys.executable, "-m", "streams.cli", "worker", *args],
+            {**env, "STEPCARE_DATA_DIR": str(datadir)},
+            datadir.parent / f"{name}.log",
+        )
 
 
 class Deployment:
