@@ -226,7 +226,11 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
     try:
         with source:
-            summary, engine = replay(source, policy, output, until=until, strict=args.strict)
+            progress = Progress()
+            summary, engine = replay(
+                source, policy, output, until=until, strict=args.strict, progress=progress
+            )
+            progress.clear()
     except CodecError as exc:  # a corrupt Avro container
         raise UsageError(f"{args.input}: {exc}") from None
     finally:
@@ -236,6 +240,30 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
             output.flush()
     _err(summary.text(patients=len(engine.states)))
     return 0
+
+
+class Progress:
+    """Progress of a long run on stderr: redrawn on a terminal, a line every 10 s in a log."""
+
+    def __init__(self, noun: str = "events") -> None:
+        self.noun = noun
+        self.started = self.shown = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, count: int) -> None:
+        now = time.monotonic()
+        if now - self.shown < (0.5 if self.tty else 10.0):
+            return
+        self.shown = now
+        rate = count / (now - self.started)
+        text = f"... {count:,} {self.noun} read ({rate:,.0f}/s)"
+        print(f"\r{text}" if self.tty else text, end="" if self.tty else "\n", file=sys.stderr,
+              flush=True)  # fmt: skip
+        self.drawn = self.tty
+
+    def clear(self) -> None:
+        if getattr(self, "drawn", False):
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
 def _open_input(name: str):

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import fastavro
-import orjson
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
@@ -334,8 +333,16 @@ def _read_block_count(data: bytes, i: int) -> tuple[int, int]:
 
 def _read_event_v1(data: bytes) -> dict[str, Any]:
     """SOE bytes of a PatientEvent v1 (header already checked) to the JSON rendering."""
+    obj, i = _read_event_v1_at(data, HEADER_SIZE)
+    if i != len(data):
+        raise _Malformed(_trailing(len(data) - i)) if i < len(data) else EOFError()
+    return obj
+
+
+def _read_event_v1_at(data: bytes, i: int) -> tuple[dict[str, Any], int]:
+    """The PatientEvent v1 body at ``data[i:]``: (JSON rendering, index after it)."""
     zigzag = _ZIGZAG
-    event_id, i = _read_string(data, HEADER_SIZE)
+    event_id, i = _read_string(data, i)
     patient_id, i = _read_string(data, i)
     occurred_at, i = _read_long(data, i)
     kind, i = _read_string(data, i)
@@ -403,9 +410,9 @@ def _read_event_v1(data: bytes) -> dict[str, Any]:
         count, i = _read_block_count(data, i)
     if attributes:
         obj["attributes"] = attributes
-    if i != len(data):
-        raise _Malformed(_trailing(len(data) - i)) if i < len(data) else EOFError()
-    return obj
+    if i > len(data):
+        raise EOFError
+    return obj, i
 
 
 def _long_bytes(n: int) -> bytes:
@@ -570,6 +577,17 @@ def read_avro_log(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | str]
 
 def read_avro_stream(fo: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | str]]:
     """:func:`read_avro_log` on an open binary file (progress: ``fo.tell()``)."""
+    start = fo.tell()
+    if _FAST_EVENT:
+        try:
+            blocks = fastavro.block_reader(fo)
+            fast = fingerprint(blocks.writer_schema) == _EVENT_V1
+        except Exception:
+            fast = False
+        if fast:  # the writer is PatientEvent v1: the fast body reader, ~3x fastavro's speed
+            yield from _read_v1_blocks(blocks)
+            return
+        fo.seek(start)
     try:
         records = fastavro.reader(fo, reader_schema=_EVENT.current.parsed)
     except Exception as exc:
@@ -601,7 +619,7 @@ def is_avro_container(fo: IO[bytes]) -> bool:
 
 
 class AvroLogLines:
-    """A PatientEvent container file as JSON lines, one per record, for JSONL readers (replay).
+    """A PatientEvent container file as decoded objects, one per record, for log readers (replay).
 
     A context manager that closes the file. A corrupt record raises :class:`CodecError` naming
     its number, since nothing after it can be read.
@@ -616,11 +634,25 @@ class AvroLogLines:
     def __exit__(self, *exc_info: object) -> None:
         self._file.close()
 
-    def __iter__(self) -> Iterator[str]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         for number, item in read_avro_stream(self._file):
             if isinstance(item, str):
                 raise CodecError("malformed-avro", f"record {number}: {item}")
-            yield orjson.dumps(item).decode()
+            yield item
+
+
+def _read_v1_blocks(blocks: Any) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    number = 0
+    try:
+        for block in blocks:
+            data = block.bytes_.getvalue()
+            i = 0
+            for _ in range(block.num_records):
+                obj, i = _read_event_v1_at(data, i)
+                number += 1
+                yield number, obj
+    except Exception as exc:  # a damaged block: nothing after it can be read
+        yield number + 1, f"corrupt Avro data: {_describe(exc)}"
 
 
 def _container_problem(exc: Exception) -> str:

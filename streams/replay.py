@@ -13,7 +13,7 @@ import heapq
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -136,13 +136,17 @@ class RejectedLine(Exception):
         super().__init__(f"line {line}: {reason}")
 
 
-def read_log(lines: Iterable[str]) -> Iterator[tuple[int, PatientEvent | str]]:
-    """(line number, event) for each valid JSONL line, (line number, reason) for a bad one."""
+def read_log(lines: Iterable[str | dict]) -> Iterator[tuple[int, PatientEvent | str]]:
+    """(line number, event) for each valid line, (line number, reason) for a bad one.
+
+    A line is JSONL text, or an already decoded object (records of an Avro container log).
+    """
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
         try:
-            yield number, event_from_json(orjson.loads(line))
+            if type(line) is dict:
+                yield number, event_from_json(line)
+            elif line.strip():
+                yield number, event_from_json(orjson.loads(line))
         except orjson.JSONDecodeError as exc:
             yield number, f"not JSON: {exc.msg} (column {exc.colno})"
         except EventError as exc:
@@ -150,19 +154,21 @@ def read_log(lines: Iterable[str]) -> Iterator[tuple[int, PatientEvent | str]]:
 
 
 def replay(
-    lines: Iterable[str],
+    lines: Iterable[str | dict],
     policy: Policy,
     output: IO[str],
     *,
     until: int | None = None,
     strict: bool = False,
     rejects: IO[str] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[ReplaySummary, PartitionEngine]:
     """Run a JSONL log through the engine in file order; escalations to ``output`` as JSONL.
 
     Bad lines are reported to ``rejects`` with their number and reason and skipped (with
     ``strict``, the first one raises :class:`RejectedLine`). ``until`` advances the clock at
-    the end, firing the timers due before it.
+    the end, firing the timers due before it. ``progress`` is told the line number now and
+    then.
     """
     rejects = sys.stderr if rejects is None else rejects
     engine = PartitionEngine(policy)
@@ -177,6 +183,8 @@ def replay(
             rejects.write(f"line {number}: {item}\n")
             continue
         processed = engine.process(item)
+        if progress is not None and not number & 0x3FFF:  # every 16,384 lines
+            progress(number)
         if item.type is not EventType.CLOCK_TICK:
             summary.events += 1
             summary.outcomes[processed.outcome] += 1

@@ -581,3 +581,18 @@ def test_a_value_that_is_not_bytes_is_not_single_object_encoding() -> None:
     assert _reason("c301", decode_escalation)[0] == "not-single-object-encoding"
     data = encode_event(EVENTS[0])
     assert decode_event(bytearray(data)) == decode_event(memoryview(data)) == EVENTS[0]
+
+
+def test_the_fast_container_reader_reads_what_fastavro_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streams import codec
+    from streams.demo import demo_cohort
+
+    events = demo_cohort(40, seed=5, end_ms=1_735_689_600_000)
+    path = tmp_path / "cohort.avro"
+    codec.write_avro_log(path, events)
+    fast = list(codec.read_avro_log(path))
+    monkeypatch.setattr(codec, "_FAST_EVENT", False)
+    assert fast == list(codec.read_avro_log(path))
+    assert [obj for _, obj in fast] == [codec.event_json(codec.event_record(e)) for e in events]
