@@ -424,9 +424,18 @@ def _credentials(settings: Settings) -> CredentialsT | None:
     )
 
 
+class _Worker(faust.Worker):
+    def _shutdown_loop(self) -> None:
+        # Stopping on SIGTERM cancels the agents; faust can record that as the agent's crash
+        # (seen with exactly_once), which would make a clean stop exit with status 1.
+        if self._signal_stop_time and isinstance(self.crash_reason, asyncio.CancelledError):
+            self.crash_reason = None
+        super()._shutdown_loop()
+
+
 def run(app: faust.App, settings: Settings) -> int:
     """Run the worker in this process until SIGTERM/SIGINT; the exit status of the worker."""
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

