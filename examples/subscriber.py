@@ -219,8 +219,24 @@ class BookingStore:
         self.db.close()
 
 
-def security_config(environ: Mapping[str, str]) -> dict[str, str]:
-    """librdkafka security settings from ``KAFKA_*`` environment variables (unset: omitted)."""
+# Refusals that retrying cannot cure: stop with exit status 1 instead of retrying forever.
+REFUSED = {
+    KafkaError._AUTHENTICATION,
+    KafkaError._SSL,
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+}
+
+
+def stop_if_refused(error: KafkaError) -> None:
+    """librdkafka's error callback: a refused login or TLS handshake ends the run."""
+    if error.code() in REFUSED:
+        raise KafkaException(error)
+
+
+def security_config(environ: Mapping[str, str]) -> dict[str, Any]:
+    """librdkafka security settings from ``KAFKA_*`` environment variables (unset: omitted);
+    ``KAFKA_SASL_PASSWORD_FILE`` names a file holding the password."""
     names = {
         "KAFKA_SECURITY_PROTOCOL": "security.protocol",
         "KAFKA_SASL_MECHANISM": "sasl.mechanism",
@@ -228,7 +244,10 @@ def security_config(environ: Mapping[str, str]) -> dict[str, str]:
         "KAFKA_SASL_PASSWORD": "sasl.password",
         "KAFKA_SSL_CA_LOCATION": "ssl.ca.location",
     }
-    return {key: environ[var] for var, key in names.items() if environ.get(var)}
+    config: dict[str, Any] = {key: environ[var] for var, key in names.items() if environ.get(var)}
+    if environ.get("KAFKA_SASL_PASSWORD_FILE"):
+        config["sasl.password"] = Path(environ["KAFKA_SASL_PASSWORD_FILE"]).read_text().strip()
+    return config
 
 
 def consumer_config(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -239,6 +258,7 @@ def consumer_config(args: argparse.Namespace, environ: Mapping[str, str]) -> dic
         "isolation.level": "read_committed",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
+        "error_cb": stop_if_refused,
         **security_config(environ),
     }
 
@@ -302,7 +322,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 for msg in messages:
                     error = msg.error()
                     if error is not None:
-                        if error.fatal() or error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                        if error.fatal() or error.code() in REFUSED:
                             raise KafkaException(error)
                         log(f"consumer: {error}")
                         continue

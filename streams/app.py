@@ -433,9 +433,21 @@ class _Worker(faust.Worker):
         super()._shutdown_loop()
 
 
+# Libraries that log whole records at DEBUG (keys are patient ids; values are events, states
+# and escalations): they stay at INFO whatever STEPCARE_LOG_LEVEL says, which sets the level of
+# stepcare's own loggers only. No patient-level data ever reaches the worker's log.
+QUIET_LIBRARIES = ("aiokafka", "faust", "mode", "kafka", "confluent_kafka", "rocksdict")
+
+
 def run(app: faust.App, settings: Settings) -> int:
     """Run the worker in this process until SIGTERM/SIGINT; the exit status of the worker."""
-    worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    quiet = {name: {"level": "INFO"} for name in QUIET_LIBRARIES}
+    worker = _Worker(
+        app,
+        loglevel=settings.log_level.upper(),
+        quiet=True,
+        logging_config={"merge": True, "loggers": quiet},
+    )
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -8,6 +8,13 @@ another process finds what ``stepcare broker start`` left running.
 
 Supported lines: Kafka 3.9.x and 4.x from 4.1 on. 4.0.0 is refused: it dropped JoinGroup v0/v1,
 which came back only in 4.0.1/4.1 (KAFKA-19444).
+
+A single node can also run **secured** (:class:`Security`): clients connect only over SASL_SSL
+(TLS, SCRAM-SHA-512 users created when the storage is formatted), every request is checked by
+the StandardAuthorizer with no access unless an ACL grants it, and :func:`stepcare_acls` gives
+stepcare's three principals (worker, publisher, scheduler) the little each one needs. The
+controller and inter-broker listeners stay on loopback as SASL_PLAINTEXT with one PLAIN user,
+the broker itself, whose random password lives only in the run folder (mode 0700).
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -26,9 +35,12 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -230,20 +242,29 @@ def _port_in_use(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _server_properties(node: Node, nodes: list[Node], data_dir: Path, line: int) -> str:
+def _server_properties(
+    node: Node, nodes: list[Node], data_dir: Path, line: int, secured: _Secured | None = None
+) -> str:
     replication = min(3, len(nodes))
     min_isr = 2 if replication >= 3 else 1
     voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in nodes)
-    props = {
+    props: dict[str, Any] = {
         "process.roles": "broker,controller",
         "node.id": node.node_id,
         "controller.quorum.voters": voters,
-        "listeners": f"PLAINTEXT://127.0.0.1:{node.client_port},"
-        f"CONTROLLER://127.0.0.1:{node.controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.client_port}",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+    }
+    if secured is None:
+        props |= {
+            "listeners": f"PLAINTEXT://127.0.0.1:{node.client_port},"
+            f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.client_port}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        }
+    else:
+        props |= _secured_properties(node, secured)
+    props |= {
         "log.dirs": str(data_dir),
         "num.partitions": 1,
         "default.replication.factor": replication,
@@ -280,6 +301,253 @@ def _die_with_parent() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Security: SASL_SSL for clients, SCRAM users, ACLs
+
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_ITERATIONS = 4096  # Kafka's minimum for SCRAM-SHA-512
+BROKER_PRINCIPAL = "stepcare-broker"  # the broker's own PLAIN identity on its loopback listeners
+TLS_CERT = "broker.pem"
+TLS_KEY = "broker.key"
+USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+ACL_ROLES = ("worker", "publisher", "scheduler")
+
+
+@dataclass(frozen=True)
+class Security:
+    """A secured single node: clients use SASL_SSL (TLS + SCRAM-SHA-512) and ACLs are enforced.
+
+    ``tls_dir`` holds ``broker.pem`` (the broker's certificate, valid for 127.0.0.1, followed by
+    its chain) and ``broker.key`` (its private key: unencrypted PKCS#8 PEM, ``BEGIN PRIVATE
+    KEY``). ``users`` maps SCRAM-SHA-512 user names to passwords; they are written into the
+    cluster metadata when the storage is formatted, so they exist before the first client
+    connects. ``super_users`` bypass the ACLs (they create them); everyone else may do only
+    what an ACL grants (``allow.everyone.if.no.acl.found=false``).
+    """
+
+    tls_dir: Path
+    users: Mapping[str, str]
+    super_users: tuple[str, ...] = ("admin",)
+
+    def __post_init__(self) -> None:
+        cert, key = self.tls_dir / TLS_CERT, self.tls_dir / TLS_KEY
+        for path in (cert, key):
+            if not path.is_file():
+                raise BrokerError(
+                    f"{path} is missing: --tls-dir needs {TLS_CERT} (the broker's certificate "
+                    f"and chain) and {TLS_KEY} (its PKCS#8 private key)"
+                )
+        if "-----BEGIN CERTIFICATE-----" not in cert.read_text(errors="replace"):
+            raise BrokerError(f"{cert} holds no PEM certificate")
+        if not key.read_text(errors="replace").lstrip().startswith("-----BEGIN PRIVATE KEY-----"):
+            raise BrokerError(
+                f"{key} is not an unencrypted PKCS#8 key (BEGIN PRIVATE KEY); convert it: "
+                f"openssl pkcs8 -topk8 -nocrypt -in OLD.key -out {key}"
+            )
+        if not self.users:
+            raise BrokerError("a secured broker needs at least one SCRAM user (--users FILE)")
+        for name, password in self.users.items():
+            if not USER_NAME.fullmatch(name) or name == BROKER_PRINCIPAL:
+                raise BrokerError(f"user name {name!r} is not allowed (letters, digits, ._@-)")
+            if not password:
+                raise BrokerError(f"user {name} has an empty password")
+        for name in self.super_users:
+            if name not in self.users:
+                raise BrokerError(f"super user {name} is not one of the SCRAM users (--users)")
+
+
+def read_users(path: Path) -> dict[str, str]:
+    """SCRAM users from a file of ``name:password`` lines (blank lines and ``#`` comments
+    skipped). Error messages name the line, never its content."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BrokerError(f"cannot read the users file {path}: {exc.strerror}") from None
+    users: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, sep, password = line.partition(":")
+        if not sep or not name.strip() or not password:
+            raise BrokerError(f"{path} line {number}: expected name:password")
+        if name.strip() in users:
+            raise BrokerError(f"{path} line {number}: user {name.strip()} appears twice")
+        users[name.strip()] = password
+    return users
+
+
+def security_from_options(
+    protocol: str, tls_dir: Path | None, users_file: Path | None, super_users: Iterable[str]
+) -> Security | None:
+    """The ``stepcare broker start`` options as a :class:`Security` (None for plaintext)."""
+    if protocol == "plaintext":
+        if tls_dir or users_file:
+            raise BrokerError("--tls-dir and --users need --security sasl_ssl")
+        return None
+    if tls_dir is None or users_file is None:
+        raise BrokerError("--security sasl_ssl needs --tls-dir DIR and --users FILE")
+    return Security(tls_dir.resolve(), read_users(users_file), tuple(super_users) or ("admin",))
+
+
+def scram_credential(name: str, password: str, salt: bytes | None = None) -> str:
+    """A ``kafka-storage format --add-scram`` argument carrying the salted password (RFC 5802
+    Hi() = PBKDF2-HMAC-SHA-512), so the password itself never appears on a command line."""
+    salt = salt or secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, SCRAM_ITERATIONS)
+    b64 = base64.b64encode
+    return (
+        f"{SCRAM_MECHANISM}=[name={name},iterations={SCRAM_ITERATIONS},"
+        f'salt="{b64(salt).decode()}",saltedpassword="{b64(salted).decode()}"]'
+    )
+
+
+@dataclass(frozen=True)
+class _Secured:
+    """What a secured node's server.properties needs beyond the plaintext layout."""
+
+    internal_port: int
+    keystore: Path
+    secret: str
+    super_users: tuple[str, ...]
+
+
+def _secured_properties(node: Node, secured: _Secured) -> dict[str, Any]:
+    plain = "org.apache.kafka.common.security.plain.PlainLoginModule required"
+    jaas = (
+        f'{plain} username="{BROKER_PRINCIPAL}" password="{secured.secret}" '
+        f'user_{BROKER_PRINCIPAL}="{secured.secret}";'
+    )
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    mech = SCRAM_MECHANISM.lower()
+    return {
+        "listeners": f"SASL_SSL://127.0.0.1:{node.client_port},"
+        f"INTERNAL://127.0.0.1:{secured.internal_port},"
+        f"CONTROLLER://127.0.0.1:{node.controller_port}",
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{node.client_port},"
+        f"INTERNAL://127.0.0.1:{secured.internal_port}",
+        "inter.broker.listener.name": "INTERNAL",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,INTERNAL:SASL_PLAINTEXT,"
+        "SASL_SSL:SASL_SSL",
+        # Clients: TLS (a PEM file with the key, then the certificate chain) and SCRAM.
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        f"listener.name.sasl_ssl.{mech}.sasl.jaas.config": scram,
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(secured.keystore),
+        # The broker talking to itself, on loopback only: PLAIN with one user, the broker.
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.internal.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.internal.plain.sasl.jaas.config": jaas,
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": jaas,
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": ";".join(f"User:{u}" for u in (BROKER_PRINCIPAL, *secured.super_users)),
+        "allow.everyone.if.no.acl.found": "false",
+    }
+
+
+def parse_acl_roles(values: Iterable[str], users: Iterable[str]) -> dict[str, str]:
+    """``--acl ROLE=USER`` options as {role: user}; the user must be one of the SCRAM users."""
+    roles: dict[str, str] = {}
+    known = set(users)
+    for value in values:
+        role, sep, user = value.partition("=")
+        if not sep or role not in ACL_ROLES:
+            raise BrokerError(f"--acl {value!r}: expected ROLE=USER, ROLE one of {ACL_ROLES}")
+        if user not in known:
+            raise BrokerError(f"--acl {value}: {user} is not one of the SCRAM users (--users)")
+        roles[role] = user
+    return roles
+
+
+def acls_from_options(settings: Settings, values: Iterable[str], security: Security | None) -> list:
+    """The ``--acl ROLE=USER`` options of ``stepcare broker start`` as ACL bindings."""
+    values = list(values)
+    if not values:
+        return []
+    if security is None:
+        raise BrokerError("--acl needs --security sasl_ssl")
+    return stepcare_acls(settings, parse_acl_roles(values, security.users))
+
+
+def stepcare_acls(
+    settings: Settings, roles: Mapping[str, str], scheduler_group: str = "scheduling"
+) -> list:
+    """The ACL bindings (confluent-kafka ``AclBinding``) for stepcare's principals.
+
+    ``worker`` (``stepcare worker``, Faust): read and write the input topic (it appends the
+    wall-clock ``CLOCK_TICK``s there), write the escalation and dead-letter topics, create
+    those three (the worker creates missing topics at start); read, write and create the
+    topics prefixed ``<app id>-`` (its table changelogs); its consumer group ``<app id>``
+    (read: join, commit, fetch offsets); and the transactional ids prefixed ``<app id>-``
+    (write: used under ``exactly_once`` only). ``publisher`` (``stepcare publish``): write the
+    input topic. ``scheduler`` (a scheduling-system subscriber): read the escalation topic, in
+    consumer groups prefixed ``scheduler_group``. Describing a resource comes with reading or
+    writing it; idempotent producers need only write on a topic (Kafka 3.0+). Nothing else
+    (no cluster-level right, no deleting, no altering configs or ACLs).
+    """
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    literal, prefixed = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
+    read, write, create = AclOperation.READ, AclOperation.WRITE, AclOperation.CREATE
+    topic, group, txn = ResourceType.TOPIC, ResourceType.GROUP, ResourceType.TRANSACTIONAL_ID
+    app = settings.app_id
+    grants = {
+        "worker": [
+            (topic, settings.input_topic, literal, (read, write, create)),
+            (topic, settings.escalations_topic, literal, (write, create)),
+            (topic, settings.dead_letter_topic, literal, (write, create)),
+            (topic, f"{app}-", prefixed, (read, write, create)),
+            (group, app, literal, (read,)),
+            (txn, f"{app}-", prefixed, (write,)),
+        ],
+        "publisher": [(topic, settings.input_topic, literal, (write,))],
+        "scheduler": [
+            (topic, settings.escalations_topic, literal, (read,)),
+            (group, scheduler_group, prefixed, (read,)),
+        ],
+    }
+    return [
+        AclBinding(kind, name, pattern, f"User:{user}", "*", op, AclPermissionType.ALLOW)
+        for role, user in roles.items()
+        for kind, name, pattern, ops in grants[role]
+        for op in ops
+    ]
+
+
+def grant_acls(config: Mapping[str, Any], bindings: list, timeout: float = 30.0) -> None:
+    """Create ACL bindings through an AdminClient of a super user (``config``)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    if not bindings:
+        return
+    admin = AdminClient({**config, "logger": _quiet_logger()})
+    futures = admin.create_acls(bindings, request_timeout=timeout)
+    for binding, future in futures.items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            raise BrokerError(
+                f"cannot create the ACL {binding.operation.name} on "
+                f"{binding.restype.name} {binding.name} for {binding.principal}: "
+                f"{exc.args[0].str()}"
+            ) from None
+
+
+def _quiet_logger() -> logging.Logger:
+    quiet = logging.getLogger("stepcare.broker.admin")
+    quiet.setLevel(logging.CRITICAL)
+    return quiet
+
+
+# --------------------------------------------------------------------------------------------
 # The cluster
 
 
@@ -289,6 +557,7 @@ class NodeState:
     client_port: int
     controller_port: int
     pid: int | None = None
+    internal_port: int | None = None  # secured: the broker's own loopback listener
 
 
 class Cluster:
@@ -297,7 +566,8 @@ class Cluster:
     ``start()`` formats fresh storage and waits until every broker has registered; ``stop()``
     sends SIGTERM, waits, and SIGKILLs what is left, so no JVM outlives it. With
     ``die_with_parent=True`` (the test fixture) the kernel also kills the JVMs if the starting
-    process dies without running its teardown.
+    process dies without running its teardown. With ``security`` (one node only) clients
+    connect over SASL_SSL and ACLs are enforced (see :class:`Security`).
     """
 
     def __init__(
@@ -310,9 +580,12 @@ class Cluster:
         heap_mb: int = 512,
         die_with_parent: bool = False,
         report: Reporter = print,
+        security: Security | None = None,
     ) -> None:
         if len(nodes) not in (1, 3):
             raise BrokerError(f"a cluster has 1 or 3 nodes, not {len(nodes)}")
+        if security is not None and len(nodes) != 1:
+            raise BrokerError("a secured broker (--security sasl_ssl) is a single node")
         self.run_dir = run_dir.resolve()
         self.version = version
         self.line = kafka_line(version)
@@ -322,12 +595,32 @@ class Cluster:
         self.die_with_parent = die_with_parent
         self.report = report
         self.cluster_id = ""
+        self.security = security
+        self.client_protocol = "SASL_SSL" if security else "PLAINTEXT"
+        self._secret = ""  # the broker's own PLAIN password (secured only)
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
 
     # -- naming -------------------------------------------------------------------------------
     @property
     def bootstrap_servers(self) -> str:
         return ",".join(f"127.0.0.1:{n.client_port}" for n in self.nodes)
+
+    def admin_config(self) -> dict[str, Any]:
+        """librdkafka settings of a client with every right on this cluster: plain, or, when
+        secured, the broker's own identity on its loopback SASL_PLAINTEXT listener."""
+        if self.client_protocol == "PLAINTEXT":
+            return {"bootstrap.servers": self.bootstrap_servers}
+        if not self._secret:  # a cluster loaded from its run folder
+            props = (self.node_dir(self.nodes[0].node_id) / "server.properties").read_text()
+            found = re.search(rf'user_{re.escape(BROKER_PRINCIPAL)}="([^"]+)"', props)
+            self._secret = found[1] if found else ""
+        return {
+            "bootstrap.servers": ",".join(f"127.0.0.1:{n.internal_port}" for n in self.nodes),
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "PLAIN",
+            "sasl.username": BROKER_PRINCIPAL,
+            "sasl.password": self._secret,
+        }
 
     def node_dir(self, node_id: int) -> Path:
         return self.run_dir / f"node-{node_id}"
@@ -344,6 +637,7 @@ class Cluster:
             "version": self.version,
             "cluster_id": self.cluster_id,
             "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.client_protocol,
             "nodes": [asdict(n) for n in self.nodes],
         }
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
@@ -358,13 +652,16 @@ class Cluster:
         nodes = [Node(n["node_id"], n["client_port"], n["controller_port"]) for n in state["nodes"]]
         cluster = cls(run_dir, state["version"], nodes, report=report)
         cluster.cluster_id = state["cluster_id"]
+        cluster.client_protocol = state.get("security_protocol", "PLAINTEXT")
         for saved, node in zip(state["nodes"], cluster.nodes, strict=True):
             node.pid = saved.get("pid")
+            node.internal_port = saved.get("internal_port")
         return cluster
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def start(self, timeout: float = 120.0) -> str:
-        """Format fresh storage, start every node, wait until all are registered; the bootstrap."""
+    def start(self, timeout: float = 120.0, acls: list | None = None) -> str:
+        """Format fresh storage, start every node, wait until all are registered, then create
+        the ``acls`` (secured; see :func:`stepcare_acls`); the bootstrap servers."""
         existing = Cluster.load(self.run_dir, self.report)
         if existing and existing.running_pids():
             raise BrokerError(
@@ -378,30 +675,46 @@ class Cluster:
                         f"port {port} on 127.0.0.1 is in use (another broker?): "
                         "choose others with --port or STEPCARE_BROKER_PORT"
                     )
+        if acls and self.security is None:
+            raise BrokerError("ACLs need a secured broker (--security sasl_ssl)")
         libs = fetch_jars(self.version, self.cache_dir, self.report)
         java = find_java()
         started = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.security is not None:  # the broker's password and key are kept in here
+            self.run_dir.chmod(0o700)
+            self._secret = secrets.token_urlsafe(24)
+            for node in self.nodes:
+                node.internal_port = _free_port()
         for node in self.nodes:  # only what a previous start made: the run folder may be shared
             shutil.rmtree(self.node_dir(node.node_id), ignore_errors=True)
         self.cluster_id = _cluster_id()
         self._save()
-        formatting = [self._format(java, libs, node) for node in self.nodes]
-        for node, proc in zip(self.nodes, formatting, strict=True):
-            out, _ = proc.communicate(timeout=120)
-            if proc.returncode != 0:
-                raise BrokerError(f"formatting node {node.node_id} failed: {out.decode()[-400:]}")
+        try:
+            formatting = [self._format(java, libs, node) for node in self.nodes]
+            for node, proc in zip(self.nodes, formatting, strict=True):
+                out, _ = proc.communicate(timeout=120)
+                if proc.returncode != 0:
+                    raise BrokerError(
+                        f"formatting node {node.node_id} failed: {out.decode()[-400:]}"
+                    )
+        finally:  # the SCRAM credentials were passed in a file: remove it
+            for node in self.nodes:
+                (self.node_dir(node.node_id) / "format.args").unlink(missing_ok=True)
         for node in self.nodes:
             self._launch(java, libs, node)
         self._save()
         try:
             self.wait_ready(timeout=max(1.0, timeout - (time.monotonic() - started)))
+            grant_acls(self.admin_config(), acls or [])
         except BaseException:
             self.stop()
             raise
+        secured = f" ({self.client_protocol}, {SCRAM_MECHANISM}, ACLs enforced)"
         self.report(
             f"Kafka {self.version} ({len(self.nodes)} node{'s' * (len(self.nodes) > 1)}) ready at "
-            f"{self.bootstrap_servers} in {time.monotonic() - started:.1f} s"
+            f"{self.bootstrap_servers}{secured if self.security else ''} in "
+            f"{time.monotonic() - started:.1f} s"
         )
         return self.bootstrap_servers
 
@@ -441,9 +754,7 @@ class Cluster:
 
         expected = {n.node_id for n in self.nodes if n.pid}
         deadline = time.monotonic() + timeout
-        quiet = logging.getLogger("stepcare.broker.admin")
-        quiet.setLevel(logging.CRITICAL)
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "logger": quiet})
+        admin = AdminClient({**self.admin_config(), "logger": _quiet_logger()})
         last_error = "no answer yet"
         while time.monotonic() < deadline:
             for node in self.nodes:
@@ -472,19 +783,41 @@ class Cluster:
         ndir = self.node_dir(node.node_id)
         (ndir / "logs").mkdir(parents=True, exist_ok=True)
         nodes = [Node(n.node_id, n.client_port, n.controller_port) for n in self.nodes]
+        secured = None
+        scram: list[str] = []
+        if self.security is not None:
+            keystore = ndir / "keystore.pem"  # Kafka's PEM keystore: the key, then the chain
+            _write_private(
+                keystore,
+                (self.security.tls_dir / TLS_KEY).read_text().strip()
+                + "\n"
+                + (self.security.tls_dir / TLS_CERT).read_text().strip()
+                + "\n",
+            )
+            assert node.internal_port is not None
+            secured = _Secured(
+                node.internal_port, keystore, self._secret, self.security.super_users
+            )
+            for name, password in self.security.users.items():
+                scram += ["--add-scram", scram_credential(name, password)]
         props = _server_properties(
             Node(node.node_id, node.client_port, node.controller_port),
             nodes,
             ndir / "data",
             self.line,
+            secured,
         )
-        (ndir / "server.properties").write_text(props)
+        _write_private(ndir / "server.properties", props)
         (ndir / "log4j.properties").write_text(_LOG4J1)
         (ndir / "log4j2.properties").write_text(_LOG4J2)
+        args = ["format", "-t", self.cluster_id, "-c", str(ndir / "server.properties"), *scram]
+        # StorageTool's parser (argparse4j) reads its arguments from @FILE, one a line: the
+        # salted passwords never show on a command line (ps).
+        argfile = ndir / "format.args"
+        _write_private(argfile, "".join(f"{a}\n" for a in args))
         cmd = [
             java, "-Xmx256m", *self._log_flags(ndir), "-cp", f"{libs}/*",
-            "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
-            "-c", str(ndir / "server.properties"),
+            "kafka.tools.StorageTool", f"@{argfile}",
         ]  # fmt: skip
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -549,6 +882,19 @@ class Cluster:
                 text += path.read_text(errors="replace")
         errors = [ln for ln in text.splitlines() if "ERROR" in ln or "Exception" in ln]
         return " | ".join((errors or text.splitlines())[-lines:])
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it may hold a key or a password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _alive(pid: int, run_dir: Path) -> bool:

@@ -34,6 +34,7 @@ ANALYSIS_COMMANDS = {
     "compare": "run two or more policies over one log and compare what they request",
     "explain": "why was this patient (not) seen: one patient's timeline as text and a chart",
     "convert": "convert an event log between JSONL and Avro container files",
+    "bridge": "hospital interfaces, offline: FHIR and HL7 v2 ADT in as events, FHIR out",
 }
 
 
@@ -186,6 +187,30 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--run-dir", type=Path, help="data, logs and state (default .run/kafka)")
     start.add_argument(
         "--foreground", action="store_true", help="stay attached; Ctrl-C stops the broker"
+    )
+    start.add_argument(
+        "--security",
+        choices=("plaintext", "sasl_ssl"),
+        default="plaintext",
+        help="sasl_ssl: one node; clients only over TLS + SCRAM-SHA-512; ACLs enforced",
+    )
+    start.add_argument(
+        "--tls-dir", type=Path, help="sasl_ssl: broker.pem (certificate, chain) and broker.key"
+    )
+    start.add_argument("--users", type=Path, help="sasl_ssl: SCRAM users, name:password a line")
+    start.add_argument(
+        "--super-user",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="sasl_ssl: a user not bound by ACLs (repeatable; default admin)",
+    )
+    start.add_argument(
+        "--acl",
+        action="append",
+        default=[],
+        metavar="ROLE=USER",
+        help="sasl_ssl: give USER the ACLs of ROLE: worker, publisher or scheduler (repeatable)",
     )
     start.set_defaults(handler=_broker_start)
 
@@ -461,6 +486,9 @@ def _broker_fetch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _broker_start(args: argparse.Namespace, settings: Settings) -> int:
+    security = broker.security_from_options(
+        args.security, args.tls_dir, args.users, args.super_user
+    )
     cluster = broker.Cluster(
         args.run_dir or settings.broker_run_dir,
         args.version or settings.kafka_version,
@@ -468,8 +496,9 @@ def _broker_start(args: argparse.Namespace, settings: Settings) -> int:
         cache_dir=settings.cache_dir,
         heap_mb=settings.broker_heap_mb,
         report=_err,
+        security=security,
     )
-    bootstrap = cluster.start()
+    bootstrap = cluster.start(acls=broker.acls_from_options(settings, args.acl, security))
     print(bootstrap)
     if not args.foreground:
         _err(f"stop it with: stepcare broker stop --run-dir {cluster.run_dir}")

@@ -30,6 +30,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from streams.codec import CodecError, encode_event, is_avro_container, read_avro_stream
 from streams.events import EventError, event_from_json, format_time, parse_time
 from streams.settings import Settings
+from streams.topics import TopicError, check_access
 
 TTY_PROGRESS_EVERY = 0.25  # seconds between redraws of the progress line on a terminal
 PLAIN_PROGRESS_EVERY = 10.0  # seconds between progress lines in a log file or a pipe
@@ -370,6 +371,10 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         raise PublishError(f"--rate: {args.rate:g} is not a positive number of events/s")
     topic = args.topic or settings.input_topic
     config = producer_config(settings, args.bootstrap_servers)
+    try:  # a refused login or TLS handshake: one line at once, not retries until a timeout
+        check_access(config, METADATA_TIMEOUT)
+    except TopicError as exc:
+        raise PublishError(str(exc)) from None
     config["logger"] = _librdkafka_logger(settings.log_level)
     log = open_log(args.input)
     try:

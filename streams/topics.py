@@ -8,9 +8,20 @@ mismatch is refused with a clear error instead of silently splitting patients' s
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.settings import Settings, env_name
@@ -20,12 +31,58 @@ class TopicError(RuntimeError):
     """The topics cannot be created or do not fit the settings; the message says why."""
 
 
+# Errors that retrying cannot cure: librdkafka retries them until a request times out and then
+# reports only "Broker transport failure"; its error callback names them at once.
+_REFUSED = {
+    KafkaError._AUTHENTICATION: "check the user name and password",
+    KafkaError._SSL: "check the CA file (STEPCARE_SSL_CAFILE) and the client certificate",
+}
+
+
+def check_access(config: Mapping[str, Any], timeout: float = 30.0) -> None:
+    """Connect with ``config`` (librdkafka settings) and fail at once, with one line, if Kafka
+    refuses the login (SASL authentication) or the TLS handshake; TopicError if it cannot be
+    reached within ``timeout`` seconds."""
+    refused: list[KafkaError] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() in _REFUSED:
+            refused.append(error)
+
+    quiet = logging.getLogger("stepcare.kafka.access")
+    quiet.setLevel(logging.CRITICAL)  # librdkafka's retry lines: the error callback tells it
+    admin = AdminClient({**config, "error_cb": on_error, "logger": quiet})
+    where = config.get("bootstrap.servers", "?")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=1.0)
+            return
+        except KafkaException as exc:
+            admin.poll(0)  # serves the error callback
+            if refused:
+                error = refused[0]
+                # "sasl_ssl://host:port/bootstrap: SASL authentication error: ... (after 312ms
+                # in state AUTH_REQ)": the reason without the connection's name and timing.
+                detail = re.sub(r"^\S+: ", "", error.str())
+                detail = re.sub(r" \(after \d+ms in state \w+\)$", "", detail)
+                user = config.get("sasl.username")
+                who = f" as {user}" if user else ""
+                raise TopicError(
+                    f"Kafka at {where} refused the connection{who}: {detail} "
+                    f"({_REFUSED[error.code()]})"
+                ) from None
+            if time.monotonic() >= deadline:
+                raise TopicError(f"cannot reach Kafka at {where}: {exc.args[0].str()}") from None
+
+
 def topic_names(settings: Settings) -> tuple[str, str, str]:
     return settings.input_topic, settings.escalations_topic, settings.dead_letter_topic
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create the missing topics; return the names created. Refuses a mismatched input topic."""
+    check_access(settings.confluent_config(), timeout)
     admin = AdminClient(settings.confluent_config())
     try:
         existing = admin.list_topics(timeout=timeout).topics
