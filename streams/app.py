@@ -47,6 +47,7 @@ log = logging.getLogger("stepcare.worker")
 TABLE = "patients"
 # Reserved table keys (never a patient id: ids cannot start with NUL) for each partition's clock.
 _CLOCK_KEY = b"\x00clock/%d"
+CLOCK_SAVE = 3_600_000  # ms of event time between saves of a partition's clock
 LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
 
 
@@ -157,6 +158,7 @@ class Monitor:
         self.wait_for_acks = settings.processing_guarantee == "at_least_once"
         self.engines: dict[int, PartitionEngine] = {}
         self.latest_event = 0  # ms
+        self.saved_clock: dict[int, int] = {}  # partition -> the clock last written to the table
         self.states: dict[int, BufferedStates] = {}
 
     def reset(self) -> None:
@@ -189,7 +191,6 @@ class Monitor:
         partition = message.partition
         engine = self.engines.get(partition) or self._load_engine(partition)
         states = self.states[partition]
-        clock_before = engine.clock
         try:
             processed = engine.process(event)
         except Exception as exc:  # a defect, not bad input: keep watching the other patients
@@ -203,8 +204,14 @@ class Monitor:
             await self.publish(processed.escalations)
         states.flush(metrics.census(partition))
         metrics.publish_census()
-        if engine.clock != clock_before:
+        if (
+            engine.clock is not None
+            and engine.clock >= self.saved_clock.get(partition, 0) + CLOCK_SAVE
+        ):
+            # The clock is also implied by the states (fired timers are recorded in them), so
+            # saving it now and then is enough, and spares a changelog record per event.
             self.table[_CLOCK_KEY % partition] = engine.clock.to_bytes(8, "big")
+            self.saved_clock[partition] = engine.clock
         for suppressed in processed.suppressed:
             metrics.suppressed.labels(str(suppressed)).inc()
         if event.type is EventType.CLOCK_TICK:
@@ -257,6 +264,7 @@ class Monitor:
         engine = PartitionEngine(self.policy, states, index_states=False)
         clock = self.table.get(_CLOCK_KEY % partition)
         engine.clock = int.from_bytes(clock, "big") if clock else None
+        self.saved_clock[partition] = engine.clock or 0
         patients = 0
         census = Census()
         for patient_id, state in _partition_states(self.table, partition):
