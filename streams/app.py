@@ -49,6 +49,10 @@ TABLE = "patients"
 _CLOCK_KEY = b"\x00clock/%d"
 CLOCK_SAVE = 3_600_000  # ms of event time between saves of a partition's clock
 LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
+# A dead letter's value is dropped above this size: with its headers it must stay under faust's
+# producer_max_request_size (1,000,000 bytes), though the broker takes input up to 1,048,588.
+DEAD_LETTER_MAX_VALUE = 990_000
+FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now are refused
 
 
 def build(settings: Settings, policy: Policy | None = None) -> faust.App:
@@ -156,6 +160,7 @@ class Monitor:
         self.escalations = escalations
         self.dead_letters = dead_letters
         self.wait_for_acks = settings.processing_guarantee == "at_least_once"
+        self.live = settings.clock == "wall"
         self.engines: dict[int, PartitionEngine] = {}
         self.latest_event = 0  # ms
         self.saved_clock: dict[int, int] = {}  # partition -> the clock last written to the table
@@ -187,6 +192,12 @@ class Monitor:
             detail += "must share one key, or their order is lost)"
             await self.dead_letter(message, kind, "invalid-event", detail)
             return
+        if self.live and event.occurred_at > time.time_ns() // 1_000_000 + FUTURE_LIMIT:
+            # One event dated years ahead would move its partition's clock there for good and
+            # fire every timer of its patients at once.
+            detail = "occurred_at is more than a day ahead of the wall clock"
+            await self.dead_letter(message, kind, "invalid-event", detail)
+            return
 
         partition = message.partition
         engine = self.engines.get(partition) or self._load_engine(partition)
@@ -201,7 +212,16 @@ class Monitor:
             await self.dead_letter(message, kind, "processing-error", detail)
             return
         if processed.escalations:
-            await self.publish(processed.escalations)
+            try:
+                await self.publish(processed.escalations)
+            except Exception as exc:  # the broker refused them: keep the event, not the state
+                log.exception("escalations not published (partition %d offset %d)",
+                              partition, message.offset)  # fmt: skip
+                self.engines.pop(partition, None)
+                states.discard()
+                detail = f"escalations not published: {type(exc).__name__}: {exc}"
+                await self.dead_letter(message, kind, "processing-error", detail)
+                return
         states.flush(metrics.census(partition))
         metrics.publish_census()
         if (
@@ -210,7 +230,7 @@ class Monitor:
         ):
             # The clock is also implied by the states (fired timers are recorded in them), so
             # saving it now and then is enough, and spares a changelog record per event.
-            self.table[_CLOCK_KEY % partition] = engine.clock.to_bytes(8, "big")
+            self.table[_CLOCK_KEY % partition] = engine.clock.to_bytes(8, "big", signed=True)
             self.saved_clock[partition] = engine.clock
         for suppressed in processed.suppressed:
             metrics.suppressed.labels(str(suppressed)).inc()
@@ -231,7 +251,11 @@ class Monitor:
                     key=escalation.patient_id.encode(),
                     value=encode_escalation(escalation.to_json()),
                     headers=cloudevent_headers(escalation),
-                    timestamp=escalation.occurred_at / 1000,
+                    # The broker refuses a timestamp over an hour ahead of its clock (Kafka 4:
+                    # log.message.timestamp.after.max.ms): never later than now. ce_time keeps
+                    # the escalation's own time.
+                    timestamp=max(0, min(escalation.occurred_at, time.time_ns() // 1_000_000))
+                    / 1000,
                 )
             )
             self.metrics.escalations.labels(str(escalation.kind)).inc()
@@ -255,7 +279,13 @@ class Monitor:
         log.warning(
             "dead letter: %s (partition %d offset %d)", reason, message.partition, message.offset
         )
-        await self.dead_letters.send(key=message.key, value=message.value, headers=headers)
+        value = message.value
+        if value is not None and len(value) > DEAD_LETTER_MAX_VALUE:
+            # More than the producer sends (producer_max_request_size): the record stays in
+            # the input topic, which the source.* headers name.
+            headers.append(("error.value-dropped", str(len(value)).encode()))
+            value = None
+        await self.dead_letters.send(key=message.key, value=value, headers=headers)
 
     def _load_engine(self, partition: int) -> PartitionEngine:
         """Rebuild a partition's engine from the table: its clock and its timer index."""
@@ -263,7 +293,7 @@ class Monitor:
         states = BufferedStates(self.table)
         engine = PartitionEngine(self.policy, states, index_states=False)
         clock = self.table.get(_CLOCK_KEY % partition)
-        engine.clock = int.from_bytes(clock, "big") if clock else None
+        engine.clock = int.from_bytes(clock, "big", signed=True) if clock else None
         self.saved_clock[partition] = engine.clock or 0
         patients = 0
         census = Census()

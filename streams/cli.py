@@ -294,11 +294,15 @@ class Progress:
 def _open_input(name: str):
     """stdin, a JSONL file, or an Avro container file read as JSONL (detected by content)."""
     if name == "-":
+        if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8: a rejected line
+            sys.stdin.reconfigure(errors="surrogateescape")
         return sys.stdin
     try:
         with open(name, "rb") as probe:
             avro = is_avro_container(probe)
-        return AvroLogLines(name) if avro else open(name, encoding="utf-8")
+        if avro:
+            return AvroLogLines(name)
+        return open(name, encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"cannot read {name}: {exc.strerror}") from None
 
@@ -314,7 +318,10 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
 
 def _read_input(name: str) -> str:
     if name == "-":
-        return sys.stdin.read()
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"cannot read stdin: {exc}") from None
     try:
         return Path(name).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -325,7 +332,7 @@ def _json_objects(text: str) -> Iterator[tuple[str, Any]]:
     """("input" or "line N", object) for a single JSON document, or for each line of JSONL."""
     try:
         whole = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not one document (or too deep, or a huge number)
         pass
     else:
         yield ("line 1" if len(text.strip().splitlines()) == 1 else "input"), whole
@@ -337,6 +344,8 @@ def _json_objects(text: str) -> Iterator[tuple[str, Any]]:
             yield f"line {number}", json.loads(line)
         except json.JSONDecodeError as exc:
             raise UsageError(f"line {number}: not JSON ({exc.msg} at column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:  # a huge integer literal; deep nesting
+            raise UsageError(f"line {number}: not JSON ({exc})") from None
 
 
 def _responses_of(obj: Any) -> Any:

@@ -300,6 +300,8 @@ def _read_long(data: bytes, i: int) -> tuple[int, int]:
     while True:
         i += 1
         b = data[i]
+        if shift == 63 and b > 1:  # a 10th byte holds one bit of a 64-bit long, and ends it
+            raise _Malformed("a long is out of range (more than 64 bits)")
         n |= (b & 0x7F) << shift
         if b < 0x80:
             return (n >> 1) ^ -(n & 1), i + 1

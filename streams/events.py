@@ -19,6 +19,11 @@ from typing import Any
 from streams.scoring import FactLScore, ScoringError, score_fact_l
 
 DAY_MS = 86_400_000
+MIN_TIME = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+MAX_TIME = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+# Events are accepted up to 9899, so that deadlines (at most 3 policy durations of at most 10
+# years each, streams.policy.MAX_DAYS) still fall within year 9999 and can be rendered.
+MAX_EVENT_TIME = 250_244_352_000_000  # 9900-01-01T00:00:00Z
 
 
 class EventType(StrEnum):
@@ -98,6 +103,8 @@ def _parse_time_slow(text: object) -> int:
     if match[8]:
         offset = (int(match[9]) * 60 + int(match[10])) * 60_000
         ms -= offset if match[8] == "+" else -offset
+        if not MIN_TIME <= ms <= MAX_TIME:  # format_time writes these as years 0 and 10000
+            raise EventError(f"timestamp {text!r} is outside years 0001-9999 in UTC")
     return ms
 
 
@@ -159,10 +166,12 @@ def event_from_json(obj: Any) -> PatientEvent:
         raise EventError(f"an event is a JSON object, not {type(obj).__name__}")
     if not _FIELDS.issuperset(obj):
         raise EventError(f"unknown field {sorted(obj.keys() - _FIELDS)[0]!r}")
-    kind = _TYPES.get(obj.get("type"))  # type: ignore[arg-type]
+    kind = _TYPES.get(obj.get("type")) if type(obj.get("type")) is str else None
     if kind is None:
         raise EventError(f"unknown event type {obj.get('type')!r}")
     occurred_at = parse_time(obj.get("occurred_at"))
+    if occurred_at >= MAX_EVENT_TIME:
+        raise EventError("occurred_at is after the year 9899")
     tick = kind is EventType.CLOCK_TICK
     patient_id = _identifier(obj, "patient_id", allow_empty=tick)
     if tick and patient_id:
@@ -198,6 +207,8 @@ def _identifier(obj: dict, name: str, *, allow_empty: bool) -> str:
         raise EventError(f"{name} must be a non-empty string")
     if len(value) > MAX_ID_LENGTH:
         raise EventError(f"{name} is longer than {MAX_ID_LENGTH} characters")
+    if not value.isprintable():  # NUL etc.: the worker's and faust's own table keys use them
+        raise EventError(f"{name} contains a control character")
     return value
 
 

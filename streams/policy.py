@@ -28,6 +28,9 @@ _DURATIONS = (
 )  # fmt: skip
 
 
+MAX_DAYS = 3650  # ten years: longer than any clinical window
+
+
 class PolicyError(ValueError):
     """The policy file cannot be used; the message names the file and the key."""
 
@@ -77,8 +80,8 @@ class Policy:
             if getattr(self, name) < 1:
                 raise PolicyError(f"{name} must be at least 1")
         for name in _DURATIONS:
-            if not getattr(self, f"{name}_days") > 0:
-                raise PolicyError(f"{name}_days must be more than 0")
+            if not 0 < getattr(self, f"{name}_days") <= MAX_DAYS:  # NaN and inf fail too
+                raise PolicyError(f"{name}_days must be more than 0 and at most {MAX_DAYS}")
         if not self.step_up_threshold > 0:
             raise PolicyError("step_up_threshold must be more than 0")
         for name in _DURATIONS:  # the engine works in ms: convert once
