@@ -1,4 +1,4 @@
-"""Hospital interfaces, offline: FHIR and HL7 v2 files in, PatientEvent logs out, and FHIR out.
+"""Hospital interfaces: FHIR and HL7 v2 in as PatientEvents, FHIR out; files, or live on Kafka.
 
 ``stepcare bridge fhir-import`` turns FHIR R4 ``QuestionnaireResponse`` resources (a directory
 of ``.json``/``.ndjson`` files, one NDJSON file as a Bulk Data export writes it, or one JSON
@@ -16,9 +16,45 @@ exit status is 0 unless ``--strict`` stops at the first reject (exit 2). Events 
 input order: ``stepcare replay`` wants each patient's events in time order, so merge the logs
 of several feeds by ``occurred_at`` before replaying them.
 
+**Live bridges** (Kafka in, Kafka out, until SIGTERM or Ctrl-C):
+
+* ``stepcare bridge fhir-in``: ``stepcare.fhir.questionnaire-responses.v1`` (one FHIR
+  QuestionnaireResponse, JSON, per record; any key) to PatientEvents on
+  ``stepcare.patient-events.v1``; dead letters to ``stepcare.patient-events.dlq.v1``.
+* ``stepcare bridge hl7-in``: ``stepcare.hl7v2.adt.v1`` (one HL7 v2 message per record, MLLP
+  framing tolerated; any key) to PatientEvents, the same way.
+* ``stepcare bridge fhir-out``: escalations (``stepcare.escalations.v1``) to FHIR transaction
+  Bundles on ``stepcare.escalations.fhir.v1``; dead letters to
+  ``stepcare.escalations.fhir.dlq.v1``.
+
+Events are keyed by their pseudonymous ``patient_id``, valued with their Avro single-object
+encoding and stamped with ``occurred_at``, by the producer ``stepcare publish`` uses (idempotent,
+``acks=all``, the Java client's murmur2 partitioner: a patient lands on the partition every other
+feed puts them on). Bundles (JSON, ``application/fhir+json``) are keyed by ``patient_id`` and keep
+the escalation's headers (``ce_id`` ...). Each bridge is a consumer group
+(``stepcare-bridge-<name>``) reading with ``read_committed``; it commits a batch's offsets only
+once the broker has acknowledged everything the batch produced: **at least once**. A redelivery
+is harmless: event ids are keyed hashes of the source ids, so the engine drops a repeated event,
+and a Bundle's entries are ``PUT`` requests to ids derived from the escalation id (or status
+patches).
+Input an adapter refuses goes, byte for byte with its key and headers, to the dead-letter topic
+with ``error.reason``, ``error.detail``, ``source.topic``, ``source.partition`` and
+``source.offset`` added; input it ignores (an ADT^A08 ...) is counted. A summary line (counts by
+reason, never an identifier or any content) is written every ``--report-every`` seconds and at
+the end.
+
+Why plain commands and not Faust agents beside the engine: the bridges are stateless
+transformations, so they need none of Faust's tables, changelogs or RocksDB; what they must get
+right is the order "produce, wait for the acknowledgement, then commit", which a synchronous
+confluent-kafka loop states in five lines, while a Faust agent commits on its own timer after the
+agent acknowledges the record and would need its acks deferred to the produce futures; they use
+the producer ``stepcare publish`` uses (murmur2 partitioning, idempotence) rather than a second,
+differently configured client; and they run as separate processes, with their own Kafka users
+and restart policy: only the ``-in`` bridges hold the pseudonym secret and read identifiers,
+the worker never does, and a stuck or crashing interface never stalls the engine.
+
 The pure mappings live in ``streams.fhir`` and ``streams.hl7``; this module holds what they
-share (:class:`AdapterError`, :class:`Ignored`) and the commands. The live (Kafka) bridges call
-the same functions.
+share (:class:`AdapterError`, :class:`Ignored`), the offline commands and the live bridges.
 """
 
 from __future__ import annotations
@@ -33,6 +69,20 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+
+# The live bridges' topics. Those the worker shares (its input, its dead letters, its
+# escalations) default to the worker's settings, whose defaults are the names of DESIGN §2.
+FHIR_RESPONSES_TOPIC = "stepcare.fhir.questionnaire-responses.v1"
+HL7_ADT_TOPIC = "stepcare.hl7v2.adt.v1"
+PATIENT_EVENTS_TOPIC = "stepcare.patient-events.v1"
+PATIENT_EVENTS_DLQ_TOPIC = "stepcare.patient-events.dlq.v1"
+ESCALATIONS_TOPIC = "stepcare.escalations.v1"
+FHIR_BUNDLES_TOPIC = "stepcare.escalations.fhir.v1"
+FHIR_BUNDLES_DLQ_TOPIC = "stepcare.escalations.fhir.dlq.v1"
+FHIR_JSON = "application/fhir+json"
+REPORT_EVERY = 60.0  # seconds between summary lines of a live bridge
+BATCH = 500  # records a live bridge produces before it waits for the acks and commits
+PROCESSING_ERROR = "processing-error"  # a defect of an adapter, not of the input
 
 
 class AdapterError(ValueError):
@@ -124,13 +174,90 @@ def configure(parser: argparse.ArgumentParser) -> None:
     questionnaire.add_argument("--output", default="-", help="file to write, or -")
     questionnaire.set_defaults(action_handler=_questionnaire)
 
+    live_in = actions.add_parser(
+        "fhir-in",
+        help="live: FHIR QuestionnaireResponses from Kafka -> PatientEvents (until Ctrl-C)",
+    )
+    _live(live_in, "fhir-in", FHIR_RESPONSES_TOPIC, "STEPCARE_INPUT_TOPIC",
+          "STEPCARE_DEAD_LETTER_TOPIC")  # fmt: skip
+    live_in.add_argument(
+        "--fhir-base", default="", help="base URL of the FHIR server (as for fhir-import)"
+    )
+    live_in.add_argument("--source", default="fhir", help="the events' source (default fhir)")
+
+    live_hl7 = actions.add_parser(
+        "hl7-in", help="live: HL7 v2 ADT messages from Kafka -> PatientEvents (until Ctrl-C)"
+    )
+    _live(live_hl7, "hl7-in", HL7_ADT_TOPIC, "STEPCARE_INPUT_TOPIC", "STEPCARE_DEAD_LETTER_TOPIC")
+    live_hl7.add_argument(
+        "--timezone", default="UTC", help="IANA zone of HL7 times without an offset (default UTC)"
+    )
+    live_hl7.add_argument(
+        "--inpatient-classes",
+        default="I",
+        help="PV1-2 patient classes whose A03 is a hospital discharge (comma-separated; default I)",
+    )
+    live_hl7.add_argument(
+        "--identifier-type", help="use the first PID-3 identifier of this type (CX-5, e.g. MR)"
+    )
+    live_hl7.add_argument("--source", default="adt", help="the events' source (default adt)")
+
+    live_out = actions.add_parser(
+        "fhir-out", help="live: escalations from Kafka -> FHIR transaction Bundles (until Ctrl-C)"
+    )
+    _live(live_out, "fhir-out", "STEPCARE_ESCALATIONS_TOPIC", FHIR_BUNDLES_TOPIC,
+          FHIR_BUNDLES_DLQ_TOPIC)  # fmt: skip
+
+
+def _live(
+    parser: argparse.ArgumentParser, name: str, source: str, target: str, dead_letters: str
+) -> None:
+    """The options every live bridge has; a default named STEPCARE_* is that setting's value."""
+
+    def default(topic: str) -> str:
+        if topic in _SETTING_TOPICS:
+            return f"default: {topic}, or {_SETTING_TOPICS[topic]}"
+        return f"default: {topic}"
+
+    parser.add_argument("--from-topic", help=f"topic to read ({default(source)})")
+    parser.add_argument("--to-topic", help=f"topic to write ({default(target)})")
+    parser.add_argument(
+        "--dead-letter-topic", help=f"topic of refused input ({default(dead_letters)})"
+    )
+    parser.add_argument("--group", default=f"stepcare-bridge-{name}", help="consumer group id")
+    parser.add_argument(
+        "--bootstrap-servers", help="Kafka bootstrap servers (default: STEPCARE_BOOTSTRAP_SERVERS)"
+    )
+    parser.add_argument(
+        "--max-messages", type=int, help="stop after this many records (tests, backfills)"
+    )
+    parser.add_argument(
+        "--idle-timeout", type=float, help="stop after this many seconds without a record"
+    )
+    parser.add_argument(
+        "--report-every",
+        type=float,
+        default=REPORT_EVERY,
+        help=f"seconds between summary lines on stderr (default {REPORT_EVERY:g})",
+    )
+    parser.set_defaults(action_handler=None, live=(name, source, target, dead_letters))
+
+
+_SETTING_TOPICS = {
+    "STEPCARE_INPUT_TOPIC": PATIENT_EVENTS_TOPIC,
+    "STEPCARE_DEAD_LETTER_TOPIC": PATIENT_EVENTS_DLQ_TOPIC,
+    "STEPCARE_ESCALATIONS_TOPIC": ESCALATIONS_TOPIC,
+}
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rejects", help="also write rejects here as JSONL")
     parser.add_argument("--strict", action="store_true", help="exit 2 on the first reject")
 
 
-def run(args: argparse.Namespace, settings: object) -> int:
+def run(args: argparse.Namespace, settings: Any) -> int:
+    if getattr(args, "live", None):
+        return _run_live(args, settings)
     return int(args.action_handler(args))
 
 
@@ -399,3 +526,460 @@ def _same_file(a: str, b: str) -> bool:
         return Path(a).resolve() == Path(b).resolve()
     except OSError:
         return False
+
+
+# -- the live bridges ----------------------------------------------------------------------------
+
+
+class BridgeError(Exception):
+    """The bridge cannot go on (a record not delivered, a fatal Kafka error): exit status 1.
+    Nothing of the batch in hand was committed: a restart reads it again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record a bridge writes for one record it read."""
+
+    key: bytes
+    value: bytes
+    timestamp: int  # ms: the record timestamp
+    headers: list[tuple[str, bytes]]
+
+
+def fhir_in_record(
+    value: bytes | None, pseudonymizer: Any, *, fhir_base: str = "", source: str = "fhir"
+) -> Output:
+    """The PatientEvent record of one QuestionnaireResponse record (``AdapterError`` if none)."""
+    from streams import fhir
+
+    if not value:
+        raise AdapterError("not-json", "the record has no value")
+    try:
+        resource = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise AdapterError("not-json", f"{exc.msg} (column {exc.colno})") from None
+    if not isinstance(resource, dict):
+        raise AdapterError("fhir-invalid", "not a JSON object")
+    event = fhir.questionnaire_response_to_event(
+        resource, pseudonymizer, fhir_base=fhir_base, source=source
+    )
+    return _event_output(event)
+
+
+def hl7_in_record(
+    value: bytes | None,
+    pseudonymizer: Any,
+    *,
+    timezone: Any = "UTC",
+    inpatient_classes: tuple[str, ...] = ("I",),
+    identifier_type: str | None = None,
+    source: str = "adt",
+) -> Output | Ignored:
+    """The PatientEvent record of one ADT message record, or :class:`Ignored`."""
+    from streams import hl7
+
+    if not value:
+        raise AdapterError(hl7.MALFORMED, "the record has no value")
+    result = hl7.adt_to_event(
+        value,
+        pseudonymizer,
+        timezone=timezone,
+        inpatient_classes=inpatient_classes,
+        identifier_type=identifier_type,
+        source=source,
+    )
+    if isinstance(result, Ignored):
+        return result
+    return _event_output(result)
+
+
+def _event_output(event: dict[str, Any]) -> Output:
+    """A PatientEvent as its record: keyed by ``patient_id``, Avro SOE, stamped ``occurred_at``."""
+    from streams.codec import encode_event
+    from streams.events import parse_time
+
+    return Output(
+        key=event["patient_id"].encode(),
+        value=encode_event(event),
+        timestamp=parse_time(event["occurred_at"]),
+        headers=[],
+    )
+
+
+def fhir_out_record(value: bytes | None, headers: list[tuple[str, bytes]] | None = None) -> Output:
+    """The transaction Bundle record of one escalation record: JSON, keyed by ``patient_id``,
+    with the escalation's headers (``content-type`` becomes ``application/fhir+json``)."""
+    from streams import fhir
+    from streams.codec import CodecError, decode_escalation
+    from streams.events import parse_time
+
+    try:
+        escalation = decode_escalation(value)  # type: ignore[arg-type]
+    except CodecError as exc:
+        raise AdapterError(exc.reason, str(exc)) from None
+    bundle = fhir.escalation_to_bundle(escalation)
+    kept = [(k, v) for k, v in headers or [] if k != "content-type"]
+    return Output(
+        key=escalation["patient_id"].encode(),
+        value=orjson.dumps(bundle),
+        timestamp=parse_time(escalation["occurred_at"]),
+        headers=[*kept, ("content-type", FHIR_JSON.encode())],
+    )
+
+
+class LiveBridge:
+    """Consume, convert, produce, wait for the acks, commit; see the module documentation."""
+
+    def __init__(
+        self,
+        name: str,
+        convert: Any,  # (value, headers) -> Output | Ignored, raises AdapterError
+        *,
+        source: str,
+        target: str,
+        dead_letters: str,
+        consumer_config: dict[str, Any],
+        producer_config: dict[str, Any],
+        max_messages: int | None = None,
+        idle_timeout: float | None = None,
+        report_every: float = REPORT_EVERY,
+        err: IO[str] | None = None,
+    ) -> None:
+        self.name, self.convert = name, convert
+        self.source, self.target, self.dead_letters = source, target, dead_letters
+        self.consumer_config, self.producer_config = consumer_config, producer_config
+        self.max_messages, self.idle_timeout = max_messages, idle_timeout
+        self.report_every = report_every
+        self.err = sys.stderr if err is None else err
+        self.stopping = False
+        self.read = self.written = self.dead_lettered = 0
+        self.reasons: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.started = time.monotonic()
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        from confluent_kafka import Consumer, KafkaException, Producer
+
+        try:
+            consumer = Consumer(self.consumer_config)
+            producer = Producer(self.producer_config)
+        except KafkaException as exc:
+            raise BridgeError(f"cannot create a Kafka client: {_kafka_text(exc)}") from None
+        consumer.subscribe([self.source])
+        last_record = next_report = time.monotonic()
+        next_report += self.report_every
+        try:
+            while not self.stopping:
+                if self.max_messages is not None and self.read >= self.max_messages:
+                    break
+                batch = self._next_batch(consumer)
+                now = time.monotonic()
+                if batch:
+                    last_record = now
+                    self._handle(batch, producer, consumer)
+                elif self.idle_timeout is not None and now - last_record >= self.idle_timeout:
+                    break
+                if now >= next_report:
+                    self._say(self.summary())
+                    next_report = now + self.report_every
+        finally:
+            producer.flush(30)
+            consumer.close()  # leaves the group at once: its partitions move without a wait
+            self._say(self.summary())
+        return 0
+
+    def _next_batch(self, consumer: Any) -> list[Any]:
+        from confluent_kafka import KafkaError
+
+        first = consumer.poll(0.5)
+        if first is None:
+            return []
+        room = BATCH if self.max_messages is None else min(BATCH, self.max_messages - self.read)
+        records = [first]
+        if room > 1:  # what has already been fetched, without waiting for more
+            records += consumer.consume(num_messages=room - 1, timeout=0)
+        batch = []
+        for record in records:
+            error = record.error()
+            if error is None:
+                batch.append(record)
+            elif error.fatal():
+                raise BridgeError(f"Kafka: {error.str()}")
+            elif error.code() != KafkaError._PARTITION_EOF:
+                self._say(f"bridge {self.name}: Kafka: {error.str()}")
+        return batch
+
+    def _handle(self, batch: list[Any], producer: Any, consumer: Any) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        failed: list[str] = []
+
+        def delivered(counter: str, error: Any, msg: Any) -> None:
+            if error is not None:
+                failed.append(error.str())
+            elif counter == "written":
+                self.written += 1
+            else:
+                self.dead_lettered += 1
+
+        positions: dict[tuple[str, int], int] = {}
+        for record in batch:
+            self.read += 1
+            positions[(record.topic(), record.partition())] = record.offset() + 1
+            headers = record.headers() or []
+            try:
+                result = self.convert(record.value(), headers)
+            except AdapterError as exc:
+                result = exc
+            except Exception as exc:  # a defect on untrusted input: set the record aside
+                result = AdapterError(PROCESSING_ERROR, f"{type(exc).__name__} in the adapter")
+            if isinstance(result, Ignored):
+                self.ignored[f"{result.reason} {result.detail}"] += 1
+            elif isinstance(result, AdapterError):
+                self.reasons[result.reason] += 1
+                self._say(
+                    f"bridge {self.name}: dead letter: {result.reason} "
+                    f"(partition {record.partition()} offset {record.offset()})"
+                )
+                _produce(
+                    producer, self.dead_letters, key=record.key(), value=record.value(),
+                    headers=[*headers, *_error_headers(result, record)],
+                    on_delivery=lambda e, m: delivered("dead", e, m),
+                )  # fmt: skip
+            else:
+                _produce(
+                    producer, self.target, key=result.key, value=result.value,
+                    timestamp=result.timestamp, headers=result.headers or None,
+                    on_delivery=lambda e, m: delivered("written", e, m),
+                )  # fmt: skip
+        while producer.flush(5.0):  # every record acknowledged (or failed) before the commit
+            if self.stopping and producer.flush(25.0):
+                break
+        if failed or len(producer):
+            self.failures.update(failed or ["not acknowledged in time"])
+            reasons = "; ".join(f"{n} x {r}" for r, n in self.failures.most_common())
+            raise BridgeError(
+                f"bridge {self.name}: records not delivered ({reasons}); nothing of this batch "
+                "was committed: it is read again when the bridge restarts"
+            )
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # e.g. the partitions moved: read again, at least once
+            self._say(f"bridge {self.name}: commit failed ({_kafka_text(exc)}); "
+                      "these records will be read again")  # fmt: skip
+
+    def summary(self) -> str:
+        parts = [f"{self.read} read", f"{self.written} written to {self.target}"]
+        parts.append(f"{sum(self.reasons.values())} dead-lettered" + _breakdown(self.reasons))
+        parts.append(f"{sum(self.ignored.values())} ignored" + _breakdown(self.ignored))
+        seconds = time.monotonic() - self.started
+        return f"bridge {self.name}: {', '.join(parts)} in {seconds:.1f} s"
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.err, flush=True)
+
+
+def _error_headers(error: AdapterError, record: Any) -> list[tuple[str, bytes]]:
+    return [
+        ("error.reason", error.reason.encode()),
+        ("error.detail", error.detail.encode()),
+        ("source.topic", record.topic().encode()),
+        ("source.partition", str(record.partition()).encode()),
+        ("source.offset", str(record.offset()).encode()),
+    ]
+
+
+def _produce(producer: Any, topic: str, **kwargs: Any) -> None:
+    """Produce one record, waiting for room when the local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+        except BufferError:
+            producer.poll(0.1)
+            continue
+        producer.poll(0)
+        return
+
+
+def _kafka_text(exc: Exception) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if hasattr(error, "str") else str(exc)
+
+
+def _run_live(args: argparse.Namespace, settings: Any) -> int:
+    """``stepcare bridge fhir-in|hl7-in|fhir-out``: 0 after a clean stop (SIGTERM, Ctrl-C,
+    ``--max-messages``, ``--idle-timeout``), 1 if a record could not be delivered, 2 for a
+    usage error (no pseudonym secret, no broker, a bad option)."""
+    import signal
+    from functools import partial
+
+    from streams.cli import UsageError
+
+    name, source, target, dead_letters = args.live
+
+    def topic(option: str | None, default: str) -> str:
+        if option:
+            return option
+        return getattr(settings, default.removeprefix("STEPCARE_").lower(), default)
+
+    source, target = topic(args.from_topic, source), topic(args.to_topic, target)
+    dead_letters = topic(args.dead_letter_topic, dead_letters)
+    if args.max_messages is not None and args.max_messages < 1:
+        raise UsageError("--max-messages must be at least 1")
+    if args.idle_timeout is not None and not args.idle_timeout > 0:
+        raise UsageError("--idle-timeout must be more than 0 seconds")
+    if not args.report_every > 0:
+        raise UsageError("--report-every must be more than 0 seconds")
+
+    identity = ""
+    if name == "fhir-out":
+        convert: Any = fhir_out_record
+    else:
+        from streams.pseudonym import fingerprint
+
+        pseudonymizer = _pseudonymizer()  # exit 2 at once without the secret
+        identity = f", pseudonym secret {fingerprint(pseudonymizer)}"
+        if name == "fhir-in":
+            convert = _values_only(
+                partial(
+                    fhir_in_record,
+                    pseudonymizer=pseudonymizer,
+                    fhir_base=args.fhir_base,
+                    source=args.source,
+                )
+            )
+        else:
+            from streams import hl7
+
+            try:
+                zone = hl7.zone(args.timezone)
+            except AdapterError as exc:
+                raise UsageError(f"--timezone: {exc.detail}") from None
+            classes = tuple(c.strip() for c in args.inpatient_classes.split(",") if c.strip())
+            convert = _values_only(
+                partial(
+                    hl7_in_record,
+                    pseudonymizer=pseudonymizer,
+                    timezone=zone,
+                    inpatient_classes=classes,
+                    identifier_type=args.identifier_type,
+                    source=args.source,
+                )
+            )
+
+    from streams.publish import producer_config
+
+    producer = producer_config(settings, args.bootstrap_servers)
+    producer["client.id"] = f"stepcare-bridge-{name}"
+    connection = {k: v for k, v in producer.items() if k in _CONNECTION_KEYS}
+    created = _ensure_topics(connection, (source, target, dead_letters), settings)
+    if created:
+        _err(f"created topics {', '.join(created)} ({settings.partitions} partitions)")
+    consumer = {
+        **connection,
+        "group.id": args.group,
+        "client.id": f"stepcare-bridge-{name}",
+        "enable.auto.commit": False,  # offsets are committed after the produce is acknowledged
+        "auto.offset.reset": "earliest",  # a new group misses nothing already on the topic
+        "isolation.level": "read_committed",
+        "logger": _quiet_logger(settings),
+    }
+    producer["logger"] = consumer["logger"]
+    bridge = LiveBridge(
+        name, convert, source=source, target=target, dead_letters=dead_letters,
+        consumer_config=consumer, producer_config=producer, max_messages=args.max_messages,
+        idle_timeout=args.idle_timeout, report_every=args.report_every,
+    )  # fmt: skip
+    _err(
+        f"bridge {name}: {source} -> {target} (dead letters: {dead_letters}), "
+        f"group {args.group}{identity}"
+    )
+    previous = {sig: signal.signal(sig, bridge.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return bridge.run()
+    except BridgeError as exc:
+        _err(f"stepcare: {exc}")
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+_CONNECTION_KEYS = frozenset(
+    {
+        "bootstrap.servers",
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.username",
+        "sasl.password",
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+    }
+)
+
+
+def _values_only(convert: Any) -> Any:
+    """An -in converter called as (value, headers): the headers are not read."""
+    return lambda value, headers: convert(value)
+
+
+def _ensure_topics(config: dict[str, Any], names: tuple[str, ...], settings: Any) -> list[str]:
+    """Create the missing topics of a bridge, as the worker creates its own
+    (STEPCARE_PARTITIONS, STEPCARE_REPLICATION); the names created."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.topics import TopicError, check_access
+
+    check_access(config, 30.0)  # a refused login: one line at once
+    admin = AdminClient(config)
+    try:
+        existing = admin.list_topics(timeout=30).topics
+    except KafkaException as exc:
+        raise TopicError(f"cannot reach Kafka: {_kafka_text(exc)}") from None
+    missing = sorted({n for n in names if n not in existing})
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                name,
+                num_partitions=settings.partitions,
+                replication_factor=settings.replication,
+                config={"min.insync.replicas": str(min(2, settings.replication))},
+            )
+            for name in missing
+        ],
+        operation_timeout=30,
+        request_timeout=30,
+    )
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise TopicError(f"cannot create topic {name}: {_kafka_text(exc)}") from None
+    return missing
+
+
+def _quiet_logger(settings: Any) -> Any:
+    """librdkafka's own lines (reconnects, retries) only with STEPCARE_LOG_LEVEL=DEBUG."""
+    import logging
+
+    logger = logging.getLogger("stepcare.bridge.librdkafka")
+    logger.propagate = False
+    if not logger.handlers:
+        debug = str(getattr(settings, "log_level", "INFO")).upper() == "DEBUG"
+        logger.addHandler(logging.StreamHandler(sys.stderr) if debug else logging.NullHandler())
+        logger.setLevel(logging.DEBUG)
+    return logger
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

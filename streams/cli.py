@@ -34,7 +34,7 @@ ANALYSIS_COMMANDS = {
     "compare": "run two or more policies over one log and compare what they request",
     "explain": "why was this patient (not) seen: one patient's timeline as text and a chart",
     "convert": "convert an event log between JSONL and Avro container files",
-    "bridge": "hospital interfaces, offline: FHIR and HL7 v2 ADT in as events, FHIR out",
+    "bridge": "hospital interfaces: FHIR and HL7 v2 ADT in as events, FHIR out (files or Kafka)",
 }
 
 
@@ -553,4 +553,8 @@ def _err(message: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as the module streams.cli, not as __main__: the commands' modules raise
+    # streams.cli.UsageError, which must be the class main() catches.
+    from streams.cli import main as _main
+
+    sys.exit(_main())

@@ -13,6 +13,7 @@ import copy
 import datetime as dt
 import json
 import re
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ TOPICS = {
     "stepcare.patient-events.v1",
     "stepcare.escalations.v1",
     "stepcare.patient-events.dlq.v1",
+}
+# The hospital interfaces' topics (streams/bridge.py): stepcare's bridges, beside DESIGN §2.
+BRIDGE_TOPICS = {
+    "stepcare.fhir.questionnaire-responses.v1",
+    "stepcare.hl7v2.adt.v1",
+    "stepcare.escalations.fhir.v1",
+    "stepcare.escalations.fhir.dlq.v1",
 }
 REPLAY_PATTERN = "stepcare.escalations.replay.{run}"
 DLQ_REASONS = {"not-single-object-encoding", "unknown-schema", "malformed-avro", "invalid-event"}
@@ -121,12 +129,31 @@ def test_the_official_schema_catches_a_broken_document(
 
 def test_channel_addresses_are_the_contract_topics(doc: dict[str, Any]) -> None:
     addresses = {channel["address"] for channel in doc["channels"].values()}
-    assert addresses == TOPICS | {REPLAY_PATTERN}
+    assert addresses == TOPICS | BRIDGE_TOPICS | {REPLAY_PATTERN}
     for channel in doc["channels"].values():
         topic = channel["bindings"]["kafka"].get("topic")
         assert topic in (None, channel["address"])
     replay = next(c for c in doc["channels"].values() if c["address"] == REPLAY_PATTERN)
     assert set(replay["parameters"]) == {"run"}
+
+
+def test_the_bridge_topics_are_those_of_the_bridges() -> None:
+    from streams import bridge
+    from streams.settings import Settings
+
+    assert {
+        bridge.FHIR_RESPONSES_TOPIC,
+        bridge.HL7_ADT_TOPIC,
+        bridge.FHIR_BUNDLES_TOPIC,
+        bridge.FHIR_BUNDLES_DLQ_TOPIC,
+    } == BRIDGE_TOPICS
+    settings = Settings()  # the topics the bridges share with the worker, by default
+    assert {bridge.PATIENT_EVENTS_TOPIC, bridge.PATIENT_EVENTS_DLQ_TOPIC} == {
+        settings.input_topic,
+        settings.dead_letter_topic,
+    }
+    assert settings.escalations_topic == bridge.ESCALATIONS_TOPIC
+    assert not BRIDGE_TOPICS & TOPICS
 
 
 def test_the_contract_topics_are_those_of_design_section_2() -> None:
@@ -161,7 +188,7 @@ def test_every_ref_resolves(doc: dict[str, Any]) -> None:
 
 
 def test_every_operation_uses_its_own_channel_and_messages(doc: dict[str, Any]) -> None:
-    actions = {}
+    actions = set()
     for name, operation in doc["operations"].items():
         channel_ref = operation["channel"]["$ref"]
         assert re.fullmatch(r"#/channels/[A-Za-z0-9_.-]+", channel_ref), channel_ref
@@ -171,14 +198,25 @@ def test_every_operation_uses_its_own_channel_and_messages(doc: dict[str, Any]) 
             # AsyncAPI 3: an operation's messages are a subset of its channel's messages.
             assert message["$ref"].startswith(channel_ref + "/messages/"), (name, message)
             assert resolve(doc, message["$ref"]) in channel["messages"].values()
-        actions[channel["address"]] = operation["action"]
-    # From stepcare's point of view.
+        actions.add((channel["address"], operation["action"]))
+    # From stepcare's point of view (the worker and the bridges).
     assert actions == {
-        "stepcare.patient-events.v1": "receive",
-        "stepcare.escalations.v1": "send",
-        "stepcare.patient-events.dlq.v1": "send",
-        REPLAY_PATTERN: "send",
+        ("stepcare.patient-events.v1", "receive"),  # the worker
+        ("stepcare.escalations.v1", "send"),
+        ("stepcare.patient-events.dlq.v1", "send"),
+        (REPLAY_PATTERN, "send"),
+        ("stepcare.fhir.questionnaire-responses.v1", "receive"),  # bridge fhir-in
+        ("stepcare.hl7v2.adt.v1", "receive"),  # bridge hl7-in
+        ("stepcare.patient-events.v1", "send"),  # both
+        ("stepcare.escalations.v1", "receive"),  # bridge fhir-out
+        ("stepcare.escalations.fhir.v1", "send"),
+        ("stepcare.escalations.fhir.dlq.v1", "send"),
     }
+    # Every message of every channel is used by some operation.
+    used = {m["$ref"] for op in doc["operations"].values() for m in op["messages"]}
+    for name, channel in doc["channels"].items():
+        for message in channel["messages"]:
+            assert f"#/channels/{name}/messages/{message}" in used, (name, message)
 
 
 def test_avro_messages_reference_their_record_schema(doc: dict[str, Any]) -> None:
@@ -208,7 +246,8 @@ def test_servers_local_broker_and_a_secured_one(doc: dict[str, Any]) -> None:
 
 
 def header_validator(doc: dict[str, Any], name: str) -> jsonschema.Draft7Validator:
-    schema = doc["components"]["schemas"][name]
+    # The schema by reference, in a document that has the components: its own $refs resolve.
+    schema = {"$ref": f"#/components/schemas/{name}", "components": doc["components"]}
     return jsonschema.Draft7Validator(
         schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER
     )
@@ -286,3 +325,91 @@ def test_describes_deduplication_and_ordering(doc: dict[str, Any]) -> None:
     assert "escalation_id" in text and "deduplicate" in text.lower()
     assert "read_committed" in text and "at least once" in text
     assert "patient_id" in text and "in order" in text
+
+
+# -- the hospital interfaces (stepcare bridge) ---------------------------------------------------
+
+SECRET = b"stepcare-asyncapi-example-secret-0123456789"
+
+
+def adapter_reasons() -> set[str]:
+    """Every dead-letter reason the bridges can give, read from the code: the FHIR and HL7
+    adapters' (``AdapterError("reason", ...)``, a refused status), the codec's, the bridge's."""
+    from streams import bridge, fhir, hl7
+    from streams.codec import Reason
+
+    found: set[str] = set()
+    for module in (fhir, hl7, bridge):
+        text = Path(str(module.__file__)).read_text(encoding="utf-8")
+        found |= set(re.findall(r'AdapterError\(\s*"([a-z0-9-]+)"', text))
+    found |= {f"fhir-status-{status}" for status in fhir._STATUS_DETAIL}
+    found |= {hl7.MALFORMED, bridge.PROCESSING_ERROR, *typing.get_args(Reason)}
+    found.discard("hl7-config")  # a bad --timezone: a usage error, not a dead letter
+    return found
+
+
+def test_bridge_dead_letter_reasons_are_every_reason_the_adapters_give(
+    doc: dict[str, Any],
+) -> None:
+    schema = doc["components"]["schemas"]["BridgeDeadLetterHeaders"]
+    assert set(schema["properties"]["error.reason"]["enum"]) == adapter_reasons()
+    assert set(schema["required"]) == set(
+        doc["components"]["schemas"]["DeadLetterHeaders"]["required"]
+    )
+    headers = header_validator(doc, "BridgeDeadLetterHeaders")
+    for example in doc["components"]["messages"]["BridgeDeadLetter"]["examples"]:
+        headers.validate(example["headers"])
+    assert not headers.is_valid({**example["headers"], "error.reason": "invalid-event"})
+
+
+def test_fhir_and_hl7_messages_say_their_content_type(doc: dict[str, Any]) -> None:
+    messages = doc["components"]["messages"]
+    for name in ("FhirQuestionnaireResponse", "FhirBundle"):
+        assert messages[name]["contentType"] == "application/fhir+json"
+        payload = messages[name]["payload"]
+        assert payload["type"] == "object" and payload["description"].strip()
+        assert "schemaFormat" not in payload  # an AsyncAPI (JSON) Schema, not Avro
+    assert messages["Hl7AdtMessage"]["contentType"] == "x-application/hl7-v2+er7"
+    assert messages["Hl7AdtMessage"]["payload"]["type"] == "string"
+    assert messages["BridgeDeadLetter"]["contentType"] == "application/octet-stream"
+    channels = {c["address"]: c for c in doc["channels"].values()}
+    for address in BRIDGE_TOPICS:
+        assert channels[address]["bindings"]["kafka"]["topic"] == address
+
+
+def test_the_questionnaire_response_example_maps_to_a_survey(doc: dict[str, Any]) -> None:
+    from streams import fhir
+    from streams.pseudonym import Pseudonymizer
+
+    for example in doc["components"]["messages"]["FhirQuestionnaireResponse"]["examples"]:
+        event = fhir.questionnaire_response_to_event(example["payload"], Pseudonymizer(SECRET))
+        assert event["type"] == "SURVEY_SUBMITTED"
+        assert event["survey"]["responses"] == {"GP1": 1, "GP2": 0}
+
+
+def test_the_adt_example_maps_to_a_discharge(doc: dict[str, Any]) -> None:
+    from streams import hl7
+    from streams.pseudonym import Pseudonymizer
+
+    for example in doc["components"]["messages"]["Hl7AdtMessage"]["examples"]:
+        event = hl7.adt_to_event(example["payload"], Pseudonymizer(SECRET))
+        assert isinstance(event, dict)
+        assert (event["type"], event["occurred_at"]) == (
+            "HOSPITAL_DISCHARGED",
+            "2024-04-09T17:00:00Z",
+        )
+
+
+def test_the_bundle_example_is_the_bundle_of_the_escalation_example(doc: dict[str, Any]) -> None:
+    from fhir.resources.R4B.bundle import Bundle
+
+    from streams import fhir
+
+    escalation = doc["components"]["messages"]["Escalation"]["examples"][0]
+    (example,) = doc["components"]["messages"]["FhirBundle"]["examples"]
+    assert example["payload"] == fhir.escalation_to_bundle(escalation["payload"])
+    Bundle.model_validate(example["payload"])
+    headers = header_validator(doc, "FhirBundleHeaders")
+    headers.validate(example["headers"])
+    assert example["headers"] == {**escalation["headers"], "content-type": "application/fhir+json"}
+    assert not headers.is_valid(escalation["headers"])  # content-type application/avro
