@@ -371,13 +371,13 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         raise PublishError(f"--rate: {args.rate:g} is not a positive number of events/s")
     topic = args.topic or settings.input_topic
     config = producer_config(settings, args.bootstrap_servers)
-    try:  # a refused login or TLS handshake: one line at once, not retries until a timeout
-        check_access(config, METADATA_TIMEOUT)
-    except TopicError as exc:
-        raise PublishError(str(exc)) from None
-    config["logger"] = _librdkafka_logger(settings.log_level)
-    log = open_log(args.input)
+    log = open_log(args.input)  # a missing file is reported before any connection is tried
     try:
+        try:  # a refused login or TLS handshake: one line at once, not retries until a timeout
+            check_access(config, METADATA_TIMEOUT)
+        except TopicError as exc:
+            raise PublishError(str(exc)) from None
+        config["logger"] = _librdkafka_logger(settings.log_level)
         try:
             producer = Producer(config)
         except KafkaException as exc:
