@@ -35,8 +35,15 @@ test-unit: venv  ## the tests that need no broker
 run: venv jars  ## broker, topics, worker, a demo cohort; escalations as they arrive; Ctrl-C stops all
 	$(BIN)/stepcare demo run
 
-bench: venv  ## benchmarks (not tests): offline replay events/s and state bytes per patient
-	$(BIN)/python bench/replay.py
+# The Quix Streams peer pins confluent-kafka < 2.13, so it has a venv of its own (bench only).
+BENCH_VENV := .bench-venv
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet quixstreams==3.28.1 orjson==3.13.0 fastavro==1.13.1 avro==1.12.2 rocksdict==0.3.29
+	@touch $@
+
+bench: venv jars $(BENCH_VENV)/.installed  ## benchmarks (not tests): writes docs/benchmarks.md (~15 min)
+	$(BIN)/python bench/run_all.py
 
 broker-start: venv
 	$(BIN)/stepcare broker start
