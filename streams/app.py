@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import ssl
 import time
 from collections.abc import Iterator, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -477,8 +479,30 @@ class _Worker(faust.Worker):
 QUIET_LIBRARIES = ("aiokafka", "faust", "mode", "kafka", "confluent_kafka", "rocksdict")
 
 
+CLEAN_STOP = "clean-stop"  # in the data dir while no worker runs on it after a clean stop
+
+
+def forget_unclean_state(data_dir: Path) -> bool:
+    """After a crash, drop the local RocksDB tables so the state comes from the changelog.
+
+    RocksDB is written at once while the changelog records are still in the producer's buffer:
+    a worker killed in between leaves local states the changelog never got. Restarted on them,
+    it would ignore the redelivered events as duplicates and never write those states.
+    """
+    marker = data_dir / CLEAN_STOP
+    tables = data_dir / "v1" / "tables"  # faust's layout: <datadir>/v<app version>/tables
+    dropped = tables.exists() and not marker.exists()
+    if dropped:
+        shutil.rmtree(tables)
+        log.warning("the last worker on %s did not stop cleanly: its tables are recovered "
+                    "from the changelog", data_dir)  # fmt: skip
+    marker.unlink(missing_ok=True)
+    return dropped
+
+
 def run(app: faust.App, settings: Settings) -> int:
     """Run the worker in this process until SIGTERM/SIGINT; the exit status of the worker."""
+    forget_unclean_state(settings.data_dir)
     quiet = {name: {"level": "INFO"} for name in QUIET_LIBRARIES}
     worker = _Worker(
         app,
@@ -489,5 +513,9 @@ def run(app: faust.App, settings: Settings) -> int:
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+        status = int(exc.code or 0)
+    else:
+        status = 0
+    if status == 0:
+        (settings.data_dir / CLEAN_STOP).touch()
+    return status

@@ -108,7 +108,12 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                 name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication,
-                config={"min.insync.replicas": str(min(2, settings.replication))},
+                config={
+                    "min.insync.replicas": str(min(2, settings.replication)),
+                    # Records carry event times: a time-based retention would delete history
+                    # (old events, or a backfill) before it is read. Kept until removed.
+                    **({"retention.ms": "-1"} if name != settings.dead_letter_topic else {}),
+                },
             )
             for name in missing
         ],
