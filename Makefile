@@ -45,7 +45,7 @@ $(BENCH_VENV)/.installed:
 	$(BENCH_VENV)/bin/pip install --quiet quixstreams==3.28.1 orjson==3.13.0 fastavro==1.13.1 avro==1.12.2 rocksdict==0.3.29
 	@touch $@
 
-bench: venv jars $(BENCH_VENV)/.installed  ## benchmarks (not tests): writes docs/benchmarks.md (~15 min)
+bench: venv jars $(BENCH_VENV)/.installed  ## benchmarks (not tests): writes docs/benchmarks.md (~6-8 min; --profile needs py-spy)
 	$(BIN)/python bench/run_all.py
 
 broker-start: venv

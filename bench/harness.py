@@ -240,8 +240,12 @@ class Worker:
 
     def log_ready_after(self) -> float | None:
         """Seconds from the process start until faust logged "Worker ready" (log time, 1 ms)."""
+        return self.log_after("Worker ready")
+
+    def log_after(self, needle: str) -> float | None:
+        """Seconds from the process start to the first faust log line containing ``needle``."""
         for line in self.log.read_text(errors="replace").splitlines():
-            if "Worker ready" in line:
+            if needle in line:
                 match = re.search(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})", line)
                 if match:
                     moment = time.mktime(time.strptime(match[1], "%Y-%m-%d %H:%M:%S"))

@@ -154,6 +154,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=DOC, help="default docs/benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print, do not rewrite the doc")
     parser.add_argument("--keep", action="store_true", help="keep the run folder (logs, data)")
+    parser.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="run nothing: render the doc again from the results it holds",
+    )
     args = parser.parse_args(argv)  # fmt: skip
     chosen = set(SCENARIOS)
     if args.only:
@@ -170,6 +175,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.rewrite:
+        merged = _stored(args.output)
+        write_doc(args.output, render(merged), merged)
+        return 0
     signal.signal(signal.SIGTERM, _interrupt)  # stop everything as on Ctrl-C
     started = time.monotonic()
     stamp = dt.datetime.now(dt.UTC)
@@ -224,7 +233,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+    return " / ".join(Path("/proc/loadavg").read_text().split(" ", 3)[:3])
 
 
 def _java_left(run_dir: Path) -> list[int]:
@@ -591,6 +600,8 @@ class KafkaBench:
             cpu = meter.stop()
             profiled = self._spy_stop(spy)
             logged = fresh.log_ready_after()
+            reading = (fresh.log_after("Restoring state from changelog topics"),
+                       fresh.log_after("Done reading from changelog topics"))  # fmt: skip
             progress(
                 f"  /ready 200 after {ready:.1f} s (faust: Worker ready after "
                 f"{logged if logged is None else round(logged, 1)} s); cpu: {cpu.text()}"
@@ -609,6 +620,7 @@ class KafkaBench:
         return {
             "patients": patients, "events": len(log), "changelog_records": records,
             "build": build, "ready_seconds": ready, "worker_ready_seconds": logged,
+            "read_started": reading[0], "read_done": reading[1],
             "indexed_seconds": first_event if loaded else None, "index_rebuild_seconds": rebuilt,
             "census": census, "recovery_cpu": cpu.cores, "recovery_others": cpu.others,
             "disk_bytes": disk, "apparent_bytes": apparent,
@@ -783,15 +795,10 @@ def _rank(ordered: list[float], q: float) -> float:
 
 
 def save(results: dict[str, Any], env: dict[str, Any], args: argparse.Namespace) -> None:
-    merged: dict[str, Any] = {}
     doc = args.output
-    if doc.exists():
-        match = re.search(r"<!-- bench:json (.*?) -->", doc.read_text(), re.S)
-        if match:
-            merged = json.loads(match[1])
+    merged = _stored(doc)
     scenarios = merged.setdefault("scenarios", {})
     for name, value in results.items():
-        value["env"] = env
         scenarios[name] = value
     merged["env"] = env
     h.DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -802,6 +809,15 @@ def save(results: dict[str, Any], env: dict[str, Any], args: argparse.Namespace)
         return
     write_doc(doc, block, merged)
     progress(f"wrote {doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc}")
+
+
+def _stored(doc: Path) -> dict[str, Any]:
+    """The results a previous run left in the doc (its ``bench:json`` comment), or {}."""
+    if doc.exists():
+        match = re.search(r"<!-- bench:json (.*?) -->", doc.read_text(), re.S)
+        if match:
+            return json.loads(match[1])
+    return {}
 
 
 def write_doc(doc: Path, block: str, merged: dict[str, Any]) -> None:
@@ -843,7 +859,8 @@ def render(merged: dict[str, Any]) -> str:
     )
     add(
         f"- **Last run**: {_last_measured(s)}, {env.get('minutes', '?')} min; load average "
-        f"{env.get('loadavg_start')} at the start, {env.get('loadavg_end')} at the end "
+        f"(1 / 5 / 15 min) {env.get('loadavg_start')} at the start, "
+        f"{env.get('loadavg_end')} at the end "
         "(the machine is shared: see *other processes* below)\n"
     )
     add(goals_table(s))
@@ -874,17 +891,34 @@ def goals_table(s: dict[str, Any]) -> str:
             raw = row.get("raw", {}).get("rate")
             quix = row.get("quix", {}).get("rate")
             label = "at least once" if guarantee == "at_least_once" else "exactly once"
+            cpu = {k: _cpu_ms(row.get(k)) for k in ("worker", "raw", "quix")}
             if worker and raw:
                 share = worker / raw
                 goal = f"≥ {GOAL_RAW_SHARE:.0%} of raw" if guarantee == "at_least_once" else "—"
                 met = share >= GOAL_RAW_SHARE if guarantee == "at_least_once" else None
+                per_cpu = (
+                    (
+                        f"; per CPU: {cpu['raw'] / cpu['worker']:.1%} ({cpu['worker']:.2f} "
+                        f"vs {cpu['raw']:.2f} ms/event)"
+                    )
+                    if cpu["worker"] and cpu["raw"]
+                    else ""
+                )
                 rows.append((f"Worker vs raw loop, {label}",
-                             f"{share:.1%} ({_f(worker)} vs {_f(raw)} events/s)", goal,
+                             f"{share:.1%} ({_f(worker)} vs {_f(raw)} events/s{per_cpu})", goal,
                              _status(met)))  # fmt: skip
             if worker and quix:
+                per_cpu = (
+                    (
+                        f"; per CPU: {cpu['quix'] / cpu['worker']:.2f}x ({cpu['worker']:.2f} "
+                        f"vs {cpu['quix']:.2f} ms/event)"
+                    )
+                    if cpu["worker"] and cpu["quix"]
+                    else ""
+                )
                 rows.append((f"Worker vs Quix Streams peer, {label}",
-                             f"{worker / quix:.2f}x ({_f(worker)} vs {_f(quix)} events/s)",
-                             "ahead (> 1x)", _status(worker > quix)))  # fmt: skip
+                             f"{worker / quix:.2f}x ({_f(worker)} vs {_f(quix)} events/s"
+                             f"{per_cpu})", "ahead (> 1x)", _status(worker > quix)))  # fmt: skip
     lat = s.get("latency")
     if lat:
         for guarantee, limit in (("at_least_once", GOAL_P99_ALO), ("exactly_once", GOAL_P99_EOS)):
@@ -903,6 +937,17 @@ def goals_table(s: dict[str, Any]) -> str:
     out = ["### Goals\n", "| Goal | Measured | Target | Status |", "|---|---|---|---|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(out) + "\n"
+
+
+def _cpu_ms(r: dict[str, Any] | None) -> float | None:
+    """CPU ms per event of a throughput row (the pipeline's own process)."""
+    if not r or "rate" not in r:
+        return None
+    if "worker_cpu_seconds" in r:
+        return r["worker_cpu_seconds"] / r["total"] * 1000
+    if r.get("process_cpu_seconds"):
+        return r["process_cpu_seconds"] / r["events"] * 1000
+    return None
 
 
 def replay_section(r: dict[str, Any]) -> str:
@@ -952,10 +997,9 @@ def throughput_section(t: dict[str, Any]) -> str:
                 continue
             if kind == "worker":  # its CPU while measured, every event it processed
                 cores = r["worker_cpu_seconds"] / r["seconds"]
-                ms = r["worker_cpu_seconds"] / r["total"] * 1000
             else:  # the loop's own count, first record to last
                 cores = r["process_cpu_seconds"] / r["seconds"]
-                ms = r["process_cpu_seconds"] / r["events"] * 1000
+            ms = _cpu_ms(r) or 0.0
             ratio = f"{r['rate'] / raw:.1%}" if raw else "—"
             escalations = _f(r.get("escalations"))
             runs = r.get("runs") or []
@@ -1097,6 +1141,18 @@ def latency_section(r: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _reading_row(r: dict[str, Any]) -> str:
+    start, done = r.get("read_started"), r.get("read_done")
+    if start is None or done is None:
+        return "| Reading the changelog (faust's log) | n/a |"
+    seconds = done - start
+    return (
+        f'| of which reading the changelog (faust: "Restoring state" to "Done reading") | '
+        f"{seconds:.1f} s, from {start:.1f} s: {r['changelog_records'] / seconds:,.0f} "
+        "records/s |"
+    )
+
+
 def recovery_section(r: dict[str, Any]) -> str:
     build = r["build"]
     logged = r.get("worker_ready_seconds")
@@ -1126,6 +1182,7 @@ def recovery_section(r: dict[str, Any]) -> str:
         f"| Start to `/ready` 200 (changelog read into RocksDB) | {r['ready_seconds']:.1f} s |",
         f"| Start to faust's \"Worker ready\" | "
         f"{'n/a' if logged is None else f'{logged:.1f} s'} |",
+        _reading_row(r),
         f"| Start to every patient indexed (first event per partition; index rebuild "
         f"{r['index_rebuild_seconds']:.2f} s) | {_f(r['indexed_seconds'], 1)} s |",
         f"| CPU while recovering: worker / broker / other processes | "
