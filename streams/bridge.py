@@ -930,12 +930,12 @@ def _values_only(convert: Any) -> Any:
 
 
 def _ensure_topics(config: dict[str, Any], names: tuple[str, ...], settings: Any) -> list[str]:
-    """Create the missing topics of a bridge, as the worker creates its own
-    (STEPCARE_PARTITIONS, STEPCARE_REPLICATION); the names created."""
+    """Create the missing topics of a bridge (source, target, dead letters) as the worker creates
+    its own (STEPCARE_PARTITIONS, STEPCARE_REPLICATION); the names created."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient
 
-    from streams.topics import TopicError, check_access
+    from streams.topics import TopicError, check_access, create_topics
 
     check_access(config, 30.0)  # a refused login: one line at once
     admin = AdminClient(config)
@@ -944,27 +944,7 @@ def _ensure_topics(config: dict[str, Any], names: tuple[str, ...], settings: Any
     except KafkaException as exc:
         raise TopicError(f"cannot reach Kafka: {_kafka_text(exc)}") from None
     missing = sorted({n for n in names if n not in existing})
-    if not missing:
-        return []
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                name,
-                num_partitions=settings.partitions,
-                replication_factor=settings.replication,
-                config={"min.insync.replicas": str(min(2, settings.replication))},
-            )
-            for name in missing
-        ],
-        operation_timeout=30,
-        request_timeout=30,
-    )
-    for name, future in futures.items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                raise TopicError(f"cannot create topic {name}: {_kafka_text(exc)}") from None
+    create_topics(admin, settings, missing, keep=names[:2])  # dead letters: default retention
     return missing
 
 

@@ -100,8 +100,24 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                 f"co-partitioned with it: set {env_name('partitions')}={count}"
             )
     missing = [name for name in wanted if name not in existing]
-    if not missing:
-        return []
+    create_topics(admin, settings, missing, keep=(settings.input_topic, settings.escalations_topic),
+                  timeout=timeout)  # fmt: skip
+    return missing
+
+
+def create_topics(
+    admin: AdminClient,
+    settings: Settings,
+    names: list[str],
+    *,
+    keep: tuple[str, ...] = (),
+    timeout: float = 30.0,
+) -> None:
+    """Create ``names`` with the configured partitions and replication (another creator being
+    faster is fine). Topics in ``keep`` hold their records until removed: records carry event
+    times, so a time-based retention would delete history (old events, a backfill) unread."""
+    if not names:
+        return
     futures = admin.create_topics(
         [
             NewTopic(
@@ -110,12 +126,10 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                 replication_factor=settings.replication,
                 config={
                     "min.insync.replicas": str(min(2, settings.replication)),
-                    # Records carry event times: a time-based retention would delete history
-                    # (old events, or a backfill) before it is read. Kept until removed.
-                    **({"retention.ms": "-1"} if name != settings.dead_letter_topic else {}),
+                    **({"retention.ms": "-1"} if name in keep else {}),
                 },
             )
-            for name in missing
+            for name in names
         ],
         operation_timeout=timeout,
         request_timeout=timeout,
@@ -127,7 +141,6 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             error = exc.args[0]
             if error.name() != "TOPIC_ALREADY_EXISTS":  # another worker was faster
                 raise TopicError(f"cannot create topic {name}: {error.str()}") from None
-    return missing
 
 
 @dataclass(frozen=True)
