@@ -2,8 +2,8 @@
 
 Shared by ``bench/raw_loop.py`` (confluent-kafka, the project's venv) and
 ``bench/quix_peer.py`` (Quix Streams, a separate venv): neither may import ``streams.app``
-(it imports faust, absent from the Quix venv), so the CloudEvents headers are built here the
-same way ``streams.app.cloudevent_headers`` builds them.
+(it imports faust, absent from the Quix venv); the worker's helpers they share live in
+faust-free modules (``streams.codec.cloudevent_headers``).
 """
 
 from __future__ import annotations
@@ -14,19 +14,7 @@ import time
 
 from streams.codec import decode_event, encode_escalation
 from streams.engine import Escalation
-from streams.events import PatientEvent, event_from_json, format_time
-
-
-def cloudevent_headers(escalation: Escalation) -> list[tuple[str, bytes]]:
-    """As ``streams.app.cloudevent_headers`` (Kafka binding, ``ce_`` prefix)."""
-    return [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", escalation.escalation_id.encode()),
-        ("ce_type", f"org.stepcare.escalation.{escalation.kind}".encode()),
-        ("ce_source", f"stepcare/{escalation.policy_id}".encode()),
-        ("ce_time", format_time(escalation.occurred_at).encode()),
-        ("content-type", b"application/avro"),
-    ]
+from streams.events import PatientEvent, event_from_json
 
 
 def read_event(key: bytes | None, value: bytes) -> PatientEvent:

@@ -32,7 +32,6 @@ import warnings
 warnings.filterwarnings("ignore")  # authlib's deprecation warning on import
 
 from pipeline import (  # noqa: E402
-    cloudevent_headers,
     escalation_value,
     read_event,
     report,
@@ -42,6 +41,7 @@ from quixstreams import Application, State  # noqa: E402
 from quixstreams.models import TopicConfig  # noqa: E402
 from quixstreams.state.rocksdb import RocksDBOptions  # noqa: E402
 
+from streams.codec import cloudevent_headers  # noqa: E402
 from streams.engine import NEW_PATIENT, apply  # noqa: E402
 from streams.policy import resolve_policy  # noqa: E402
 from streams.statecodec import decode_state, encode_state  # noqa: E402

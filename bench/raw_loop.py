@@ -26,8 +26,9 @@ import time
 import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from pipeline import cloudevent_headers, escalation_value, read_event, report, say, started
+from pipeline import escalation_value, read_event, report, say, started
 
+from streams.codec import cloudevent_headers
 from streams.policy import resolve_policy
 from streams.replay import PartitionEngine
 

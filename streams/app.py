@@ -35,7 +35,13 @@ from faust.types.auth import CredentialsT
 from prometheus_client import REGISTRY
 
 from streams import faustfix
-from streams.codec import CodecError, decode_event, encode_escalation, encode_event
+from streams.codec import (
+    CodecError,
+    cloudevent_headers,
+    decode_event,
+    encode_escalation,
+    encode_event,
+)
 from streams.engine import Escalation, PatientState
 from streams.events import EventError, EventType, event_from_json, format_time
 from streams.metrics import DEAD_LETTERED, EVENT_TYPES, Census, WorkerMetrics
@@ -381,18 +387,6 @@ def _partition_states(table: faust.Table, partition: int) -> Iterator[tuple[str,
             yield patient_id, decode_state(value)
         except StateDecodeError as exc:  # its timers are not indexed; its next event reports it
             log.error("partition %d: a stored state cannot be decoded: %s", partition, exc)
-
-
-def cloudevent_headers(escalation: Escalation) -> list[tuple[str, bytes]]:
-    """CloudEvents-style headers (Kafka binding, ``ce_`` prefix) of an escalation record."""
-    return [
-        ("ce_specversion", b"1.0"),
-        ("ce_id", escalation.escalation_id.encode()),
-        ("ce_type", f"org.stepcare.escalation.{escalation.kind}".encode()),
-        ("ce_source", f"stepcare/{escalation.policy_id}".encode()),
-        ("ce_time", format_time(escalation.occurred_at).encode()),
-        ("content-type", b"application/avro"),
-    ]
 
 
 class LagProbe:

@@ -35,6 +35,7 @@ import fastavro
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
+from streams.engine import Escalation
 from streams.events import EventError, attributes_of, format_time, parse_time
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
@@ -564,6 +565,18 @@ def decode_escalation(data: bytes) -> dict[str, Any]:
     if record.get("related_request_id") is not None:
         obj["related_request_id"] = record["related_request_id"]
     return obj
+
+
+def cloudevent_headers(escalation: Escalation) -> list[tuple[str, bytes]]:
+    """CloudEvents-style headers (Kafka binding, ``ce_`` prefix) of an escalation record."""
+    return [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", escalation.escalation_id.encode()),
+        ("ce_type", f"org.stepcare.escalation.{escalation.kind}".encode()),
+        ("ce_source", f"stepcare/{escalation.policy_id}".encode()),
+        ("ce_time", format_time(escalation.occurred_at).encode()),
+        ("content-type", b"application/avro"),
+    ]
 
 
 # -- Avro object container files (replay / publish logs) -----------------------------------------
