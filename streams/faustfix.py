@@ -1,6 +1,9 @@
-"""Workaround for a faust-streaming 0.15.3 race that loses (or duplicates) events after recovery.
+"""Fixes for faust-streaming 0.15.3 defects that lose or repeat events, or stop a worker.
 
 Call ``apply()`` once per process before the worker starts (before ``faust.App(...)`` is fine).
+It patches: the recovery race described below (every guarantee); five exactly_once defects
+(section "exactly_once" further down); and a start-up that fails while one broker is down
+(section "startup"). Each was found by a test in ``tests/integration`` on a real cluster.
 
 The bug: ``faust/tables/recovery.py`` ``Recovery.on_recovery_completed`` (and the no-table twin
 ``Recovery._resume_streams``) resumes the stream partitions *before* it awaits
@@ -165,6 +168,159 @@ def apply() -> bool:
     AIOKafkaConsumerThread.getmany = _snapshot_getmany(  # type: ignore[method-assign]
         AIOKafkaConsumerThread.getmany
     )
+    _apply_exactly_once_fixes()
+    _apply_startup_fixes()
     setattr(Recovery, _MARK, True)
     log.debug("faustfix: seek before resuming stream partitions; fetch a copy of the active set")
     return True
+
+
+# --- exactly_once ------------------------------------------------------------------------------
+#
+# Found by tests/integration/test_faults.py (SIGKILLed workers and a broker restart under
+# ``processing_guarantee="exactly_once"``); each fix below names the defect it removes. The
+# worker itself (streams/app.py) also sends its escalations and dead letters in the transaction
+# of the input partition they come from, and holds ``commit_lock`` while it handles an event.
+
+
+def commit_lock(app: Any) -> asyncio.Lock:
+    """The app's lock between handling one event and committing a transaction.
+
+    faust commits (``Consumer.force_commit``, a timer every ``broker_commit_interval``) while
+    the agent may be half-way through an event: its escalations sent, its table writes still in
+    faust's producer buffer. Committing then puts part of the event in one transaction and the
+    rest in the next, and a crash in between keeps the first half only.
+    """
+    lock = getattr(app, "_stepcare_commit_lock", None)
+    if lock is None:
+        lock = asyncio.Lock()
+        app._stepcare_commit_lock = lock
+    return cast(asyncio.Lock, lock)
+
+
+async def _highwaters(self: Any, partitions: Any) -> Any:
+    """``AIOKafkaConsumerThread._highwaters``, asking the broker in both guarantees.
+
+    faust 0.15.3 takes the changelog highwaters of an exactly_once recovery from aiokafka's
+    cached ``last_stable_offset``, which is None (faust reads -1) until a fetch response for
+    the partition arrived in the current assignment: after a rebalance, recovery then either
+    thinks there is nothing to read or raises ConsistencyError (the worker crash-loops).
+    ``end_offsets`` asks the broker (ListOffsets), which answers with the last stable offset
+    for a read_committed consumer, the high watermark otherwise (faust's at_least_once path).
+    """
+    consumer = self._ensure_consumer()
+    return await consumer.end_offsets(partitions)
+
+
+def _flushing_exclusive_commit(original: Any) -> Any:
+    async def force_commit(
+        self: Any, topics: Any = None, start_new_transaction: bool = True
+    ) -> Any:
+        if not self.in_transaction:
+            return await original(self, topics, start_new_transaction=start_new_transaction)
+        async with commit_lock(self.app):
+            # The table's changelog writes wait in faust's producer buffer (``send_soon``):
+            # without this flush they land in the *next* transaction, aborted if the worker
+            # dies, while this one commits the offsets of the events that made them.
+            await self.app.producer.flush()
+            return await original(self, topics, start_new_transaction=start_new_transaction)
+
+    force_commit.__wrapped__ = original  # type: ignore[attr-defined]
+    return force_commit
+
+
+async def _commit_and_end_transactions(self: Any) -> None:
+    """``Consumer.commit_and_end_transactions`` (on a revoke) that really commits.
+
+    faust's version calls ``commit()``, which returns without committing when a periodic
+    commit is in flight: the transaction then stays open across the rebalance while the
+    partitions are rewound to the committed offsets, and their events are processed into it
+    a second time.
+    """
+    await self.maybe_wait_for_commit_to_finish()
+    await self.force_commit(start_new_transaction=False)
+
+
+async def _on_partitions_revoked(self: Any, revoked: Any) -> None:
+    """``Consumer.on_partitions_revoked`` with the revoke-time commit *before* the revoked
+    partitions' acked offsets are forgotten.
+
+    faust 0.15.3 forgets them first, then calls the app's handler (stop the flow, wait for
+    the agents, commit and end the transactions): that commit finds nothing to commit, and the
+    work since the last periodic commit stays in an open transaction while the partitions are
+    rewound (and processed twice into it). Same steps, other order.
+    """
+    from faust.utils.tracing import traced_from_parent_span
+
+    span = self.app._start_span_from_rebalancing("on_partitions_revoked")
+    traced = traced_from_parent_span(span)
+    with span:
+        await traced(self._on_partitions_revoked, partitions=revoked)(revoked)
+        if self._active_partitions is not None:
+            self._active_partitions.difference_update(revoked)
+        self._paused_partitions.difference_update(revoked)
+        for tp in revoked:
+            self._gap.pop(tp, None)
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            self._read_offset.pop(tp, None)
+            self._committed_offset.pop(tp, None)
+
+
+# --- startup while a broker is down -----------------------------------------------------------
+
+
+async def _get_controller_node(
+    self: Any, owner: Any, client: Any, timeout: int = 30000
+) -> int | None:
+    """``Transport._get_controller_node`` that asks the next broker when one is down.
+
+    faust 0.15.3 asks only the first broker of the cluster metadata which node is the
+    controller (to declare a topic at startup, e.g. the table's changelog), so a worker that
+    starts while that broker is down exits with NodeNotReadyError although the cluster serves.
+    """
+    from aiokafka.errors import KafkaError
+    from faust.exceptions import NotReady
+    from faust.transport.drivers import aiokafka as driver
+
+    nodes = [broker.nodeId for broker in client.cluster.brokers()]
+    if any(node_id is None for node_id in nodes):
+        raise NotReady("Not connected to Kafka Broker")
+    failure: Exception = Exception("Controller node not found")
+    for node_id in nodes:
+        request = (
+            driver.MetadataRequest_v1([])
+            if driver._AIOKAFKA_HAS_API_VERSION
+            else driver.MetadataRequest([])
+        )
+        try:
+            wait_result = await owner.wait(client.send(node_id, request), timeout=timeout)
+        except KafkaError as exc:  # this broker is down: the next one knows the controller too
+            owner.log.info("Broker %r did not answer (%r): asking the next one", node_id, exc)
+            failure = exc
+            continue
+        if wait_result.stopped:
+            owner.log.info("Shutting down - skipping creation.")
+            return None
+        return cast(int, wait_result.result.controller_id)
+    raise failure
+
+
+def _apply_startup_fixes() -> None:
+    from faust.transport.drivers.aiokafka import Transport
+
+    Transport._get_controller_node = _get_controller_node  # type: ignore[method-assign]
+
+
+def _apply_exactly_once_fixes() -> None:
+    from faust.transport.consumer import Consumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
+    Consumer.force_commit = _flushing_exclusive_commit(  # type: ignore[method-assign]
+        Consumer.force_commit
+    )
+    Consumer.commit_and_end_transactions = (  # type: ignore[method-assign]
+        _commit_and_end_transactions
+    )
+    Consumer.on_partitions_revoked = _on_partitions_revoked  # type: ignore[method-assign]

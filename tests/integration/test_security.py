@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from streams import app, topics
 from streams.broker import Cluster, Security, broker_pids, free_nodes, grant_acls, stepcare_acls
 from streams.settings import Settings
 from tests.integration.workers import Deployment, WorkerProcess, free_port
@@ -36,22 +35,6 @@ SETTINGS = Settings.from_env()
 NAMES = Settings()
 ROLES = {"worker": "stepcare", "publisher": "publisher", "scheduler": "scheduler"}
 SCHEDULER_GROUP = "scheduling-ward-7"  # the scheduler may use groups prefixed "scheduling"
-
-# Until a pre-flight connection check (topics.check_access, called by ensure_topics and by
-# stepcare publish) exists, librdkafka retries a refused login until its timeout and then
-# reports only "Broker transport failure".
-NEEDS_ACCESS_CHECK = pytest.mark.xfail(
-    not hasattr(topics, "check_access"),
-    reason="needs streams.topics.check_access (a one-line authentication error, at once)",
-    strict=True,
-)
-# Until the worker keeps faust's and aiokafka's loggers at INFO (app.QUIET_LIBRARIES), their
-# DEBUG lines carry whole records: patient ids as keys, events and escalations as values.
-NEEDS_QUIET_LIBRARIES = pytest.mark.xfail(
-    not hasattr(app, "QUIET_LIBRARIES"),
-    reason="needs streams.app.QUIET_LIBRARIES (faust and aiokafka log records at DEBUG)",
-    strict=True,
-)
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -196,7 +179,6 @@ def test_publisher_worker_and_scheduler_each_do_their_part(
     assert "AuthorizationFailed" not in log and "Authorization failed" not in log, worker.tail()
 
 
-@NEEDS_ACCESS_CHECK
 def test_publish_with_a_wrong_password_is_one_line_naming_authentication(
     secured: SecuredKafka,
 ) -> None:
@@ -220,7 +202,6 @@ def test_publish_without_a_write_acl_is_one_line_naming_authorization(
     assert "authorization" in done.stderr.lower(), done.stderr
 
 
-@NEEDS_ACCESS_CHECK
 def test_worker_with_a_wrong_password_exits_with_one_line_naming_authentication(
     secured: SecuredKafka, tmp_path: Path
 ) -> None:
@@ -264,7 +245,6 @@ def patient_data_in(text: str, events: list[dict], escalations: list[dict]) -> l
     return found
 
 
-@NEEDS_QUIET_LIBRARIES
 def test_the_worker_logs_no_patient_data_at_debug(
     kafka_bootstrap: str, topic_name: str, tmp_path: Path
 ) -> None:
