@@ -12,10 +12,10 @@ module at call time), and times with ``time.perf_counter``:
 * ``decode``: ``decode_event`` + ``event_from_json`` (Avro SOE to a validated event);
 * ``engine``: ``PartitionEngine.process`` (the clinical engine, including the table reads of
   ``BufferedStates`` it triggers: RocksDB get + ``decode_state``);
-* ``publish``: ``Monitor.publish`` (encode escalations, ``Topic.send``, and, at least once,
-  waiting for the broker's acks);
-* ``store``: ``BufferedStates.flush`` (``encode_state``, the RocksDB write and faust's changelog
-  send);
+* ``publish``: ``Monitor.publish`` (encode escalations, ``Topic.send``; the broker's acks are
+  awaited elsewhere: at least once by ``Monitor.acknowledge_in_order``, beside the agent);
+* ``store``: ``BufferedStates.write`` (``encode_state``, the RocksDB write and faust's changelog
+  send; at least once it runs in the acknowledging task, so it overlaps the other stages);
 * ``rest``: the rest of ``handle`` (the partition clock written to the table, the census and
   the Prometheus counters);
 * ``between``: wall time from the end of one ``handle`` to the start of the next, i.e. faust's
@@ -105,7 +105,7 @@ def install() -> None:
     _wrap(worker_app, "decode_event", functools.partial(_timed, "decode"))
     _wrap(worker_app, "event_from_json", functools.partial(_timed, "decode"))
     _wrap(worker_app.PartitionEngine, "process", functools.partial(_timed, "engine"))
-    _wrap(worker_app.BufferedStates, "flush", functools.partial(_timed, "store"))
+    _wrap(worker_app.BufferedStates, "write", functools.partial(_timed, "store"))
     _wrap(worker_app.Monitor, "publish", functools.partial(_timed_async, "publish"))
     _wrap(worker_app.BufferedStates, "__getitem__", functools.partial(_timed, "state_reads"))
     _wrap(worker_app.faust.Table, "__setitem__", functools.partial(_timed, "table_writes"))

@@ -12,23 +12,31 @@ Read top to bottom:
    partition this worker owns, so timers fire in order with the events, as in a replay.
 
 At least once: escalations are acknowledged by the broker *before* the states that remember
-them are written to the table, so a crash can repeat an escalation (same id) but never lose
-one. Exactly once: Faust's transactions make output, state and offsets one atomic step.
+them are written to the table and the event's offset can be committed, so a crash can repeat an
+escalation (same id) but never lose one. The agent does not wait for those acks: it handles the
+next events while :meth:`Monitor.acknowledge_in_order` writes states and acknowledges events in
+input order as the acks arrive. Exactly once: Faust's transactions make output, state and
+offsets one atomic step (with the fixes in ``streams/faustfix.py``, and every output sent in its
+input partition's transaction).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import ssl
 import time
+import weakref
 from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import faust
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from faust import streams as faust_streams
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from faust.types.auth import CredentialsT
@@ -61,6 +69,11 @@ LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
 # producer_max_request_size (1,000,000 bytes), though the broker takes input up to 1,048,588.
 DEAD_LETTER_MAX_VALUE = 990_000
 FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now are refused
+# at_least_once: events handled while earlier ones still wait for their outputs' acks (a bound
+# on memory and on the work a crash repeats), and the pause before outputs the broker failed
+# (after the producer's own retries) are sent again.
+MAX_IN_FLIGHT = 1000
+RESEND_PAUSE = 1.0  # seconds
 
 
 def build(settings: Settings, policy: Policy | None = None) -> faust.App:
@@ -101,10 +114,25 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
     metrics.last_processed.set(time.time())  # "not since it started", rather than "since 1970"
     monitor = Monitor(settings, policy, patients, escalations, dead_letters, metrics)
 
+    # exactly_once: no transaction commits half-way through an event (streams/faustfix.py).
+    exclusive = (
+        faustfix.commit_lock(app)
+        if settings.processing_guarantee == "exactly_once"
+        else contextlib.nullcontext()
+    )
+
     @app.agent(events, concurrency=1)
     async def monitor_patients(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await monitor.handle(event.message)
+        # Acknowledged by the monitor, in order, once every output of the event is.
+        async for event in stream.noack().events():
+            async with exclusive:
+                await monitor.handle(event)
+
+    if settings.processing_guarantee == "at_least_once":
+
+        @app.task
+        async def acknowledge() -> None:
+            await monitor.acknowledge_in_order()
 
     @app.on_partitions_assigned.connect
     async def forget_engines(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:
@@ -173,14 +201,78 @@ class Monitor:
         self.latest_event = 0  # ms
         self.saved_clock: dict[int, int] = {}  # partition -> the clock last written to the table
         self.states: dict[int, BufferedStates] = {}
+        self.outputs: list[Output] = []  # sent for the event being handled
+        # at_least_once: handled events waiting for their outputs' acks, in input order.
+        self.in_flight: asyncio.Queue[InFlight] = asyncio.Queue(MAX_IN_FLIGHT)
+        self.generation = 0  # of the partition assignment: bumped by every rebalance
 
     def reset(self) -> None:
         """Forget in-memory engines; they are rebuilt from the (recovered) table on next use."""
+        self.generation += 1  # events still in flight from before are redelivered, not written
         self.engines.clear()
         self.states.clear()
         self.metrics.forget_partitions()
 
-    async def handle(self, message: Any) -> None:
+    async def handle(self, event: Any) -> None:
+        """Handle one input record; acknowledge it once its outputs are safe.
+
+        The acknowledgement lets faust commit the record's offset. exactly_once: at once, as
+        the transaction holds the outputs, the states and the offset. at_least_once: the
+        states are written (so the changelog remembers the escalations) and the record is
+        acknowledged only when the broker has every output the record caused, in input order,
+        by :meth:`acknowledge_in_order`; meanwhile the next records are handled, reading the
+        states not yet written from memory.
+        """
+        self.outputs = []
+        staged = await self._process(event.message)
+        if not self.wait_for_acks:
+            if staged is not None:
+                staged.write()
+            event.ack()
+            return
+        await self.in_flight.put(InFlight(event, self.generation, self.outputs, staged))
+
+    async def acknowledge_in_order(self) -> None:
+        """at_least_once: write the states, then acknowledge, of each event once acked."""
+        while True:
+            item = await self.in_flight.get()
+            try:
+                if item.generation != self.generation:
+                    continue  # partitions reassigned since: the event is delivered again
+                await self._until_acked(item)
+                if item.generation != self.generation:
+                    continue
+                if item.staged is not None:
+                    with _as_current(item.event):  # faust takes the partition from it
+                        item.staged.write()
+                item.event.ack()
+            finally:
+                self.in_flight.task_done()
+
+    async def _until_acked(self, item: InFlight) -> None:
+        """Wait for the broker's acks of an event's outputs; send again what it failed."""
+        while True:
+            results = await asyncio.gather(*(out.ack for out in item.outputs),
+                                           return_exceptions=True)  # fmt: skip
+            failed = [out for out, result in zip(item.outputs, results, strict=True)
+                      if isinstance(result, BaseException)]  # fmt: skip
+            if not failed:
+                return
+            message = item.event.message
+            log.error("%d outputs of partition %d offset %d not acknowledged (%s): sending "
+                      "them again", len(failed), message.partition, message.offset,
+                      next(r for r in results if isinstance(r, BaseException)))  # fmt: skip
+            await asyncio.sleep(RESEND_PAUSE)
+            for out in failed:
+                out.ack = await out.topic.send(**out.record)
+
+    async def settle(self) -> None:
+        """Until every handled event's states are in the table (at_least_once)."""
+        if self.wait_for_acks:
+            await self.in_flight.join()
+
+    async def _process(self, message: Any) -> Staged | None:
+        """Decode, apply and publish one record; the table writes it makes, staged."""
         metrics = self.metrics
         metrics.last_processed.set(time.time())
         try:
@@ -208,7 +300,10 @@ class Monitor:
             return
 
         partition = message.partition
-        engine = self.engines.get(partition) or self._load_engine(partition)
+        engine = self.engines.get(partition)
+        if engine is None:
+            await self.settle()  # the engine is rebuilt from the table: it must be complete
+            engine = self._load_engine(partition)
         states = self.states[partition]
         try:
             processed = engine.process(event)
@@ -221,7 +316,7 @@ class Monitor:
             return
         if processed.escalations:
             try:
-                await self.publish(processed.escalations)
+                await self.publish(processed.escalations, message)
             except Exception as exc:  # the broker refused them: keep the event, not the state
                 log.exception("escalations not published (partition %d offset %d)",
                               partition, message.offset)  # fmt: skip
@@ -230,7 +325,7 @@ class Monitor:
                 detail = f"escalations not published: {type(exc).__name__}: {exc}"
                 await self.dead_letter(message, kind, "processing-error", detail)
                 return
-        states.flush(metrics.census(partition))
+        staged = states.stage(metrics.census(partition))
         metrics.publish_census()
         if (
             engine.clock is not None
@@ -238,43 +333,72 @@ class Monitor:
         ):
             # The clock is also implied by the states (fired timers are recorded in them), so
             # saving it now and then is enough, and spares a changelog record per event.
-            self.table[_CLOCK_KEY % partition] = engine.clock.to_bytes(8, "big", signed=True)
+            staged.raw[_CLOCK_KEY % partition] = engine.clock.to_bytes(8, "big", signed=True)
             self.saved_clock[partition] = engine.clock
         for suppressed in processed.suppressed:
-            metrics.suppressed.labels(str(suppressed)).inc()
+            metrics.count(metrics.suppressed, str(suppressed))
         if event.type is EventType.CLOCK_TICK:
             metrics.ticks.inc()
-            return
-        metrics.events.labels(kind, str(processed.outcome)).inc()
+            return staged
+        metrics.count(metrics.events, kind, str(processed.outcome))
         metrics.event_lag.observe(max(0.0, time.time() - event.occurred_at / 1000))
         if event.occurred_at > self.latest_event:  # event-time progress never goes back
             self.latest_event = event.occurred_at
             metrics.last_event.set(event.occurred_at / 1000)
+        return staged
 
-    async def publish(self, escalations: tuple[Escalation, ...]) -> None:
-        pending = []
+    async def publish(self, escalations: tuple[Escalation, ...], message: Any) -> None:
         for escalation in escalations:
-            pending.append(
-                await self.escalations.send(
-                    key=escalation.patient_id.encode(),
-                    value=encode_escalation(escalation.to_json()),
-                    headers=cloudevent_headers(escalation),
-                    # The broker refuses a timestamp over an hour ahead of its clock (Kafka 4:
-                    # log.message.timestamp.after.max.ms): never later than now. ce_time keeps
-                    # the escalation's own time.
-                    timestamp=max(0, min(escalation.occurred_at, time.time_ns() // 1_000_000))
-                    / 1000,
-                )
+            await self._send(
+                self.escalations,
+                message,
+                key=escalation.patient_id.encode(),
+                value=encode_escalation(escalation.to_json()),
+                headers=cloudevent_headers(escalation),
+                # The broker refuses a timestamp over an hour ahead of its clock (Kafka 4:
+                # log.message.timestamp.after.max.ms): never later than now. ce_time keeps
+                # the escalation's own time.
+                timestamp=max(0, min(escalation.occurred_at, time.time_ns() // 1_000_000)) / 1000,
             )
-            self.metrics.escalations.labels(str(escalation.kind)).inc()
+            self.metrics.count(self.metrics.escalations, str(escalation.kind))
+
+    async def _send(
+        self,
+        topic: faust.TopicT,
+        message: Any,
+        *,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        timestamp: float | None = None,
+    ) -> None:
+        """Send a record caused by ``message``.
+
+        at_least_once: remembered in :attr:`outputs`, so that the event is acknowledged only
+        once the broker has it. exactly_once: in the transaction of ``message``'s input
+        partition, the one that commits its offset and its table writes. (faust's
+        ``topic.send`` would pick the transaction of the *destination* partition, which this
+        worker does not consume: no transaction at all, so a crash would repeat the record.)
+        """
         if self.wait_for_acks:
-            # The states that remember these escalations are written only once the broker
-            # has them: a crash in between repeats them (same ids) instead of losing them.
-            await asyncio.gather(*pending)
+            record = {"key": key, "value": value, "headers": headers, "timestamp": timestamp}
+            self.outputs.append(Output(topic, record, await topic.send(**record)))
+            return
+        app = self.table.app
+        group = app.assignor.group_for_topic(message.topic)
+        await app.producer.send(
+            topic.get_topic_name(),
+            key,
+            value,
+            None,
+            timestamp,
+            headers,
+            transactional_id=f"{app.conf.id}-{group}-{message.partition}",
+        )
 
     async def dead_letter(self, message: Any, kind: str, reason: str, detail: str) -> None:
-        self.metrics.events.labels(kind, DEAD_LETTERED).inc()
-        self.metrics.dead_letters.labels(reason).inc()
+        self.metrics.count(self.metrics.events, kind, DEAD_LETTERED)
+        self.metrics.count(self.metrics.dead_letters, reason)
         headers = list((message.headers or {}).items() if isinstance(message.headers, dict)
                        else message.headers or [])  # fmt: skip
         headers += [
@@ -293,7 +417,7 @@ class Monitor:
             # the input topic, which the source.* headers name.
             headers.append(("error.value-dropped", str(len(value)).encode()))
             value = None
-        await self.dead_letters.send(key=message.key, value=value, headers=headers)
+        await self._send(self.dead_letters, message, key=message.key, value=value, headers=headers)
 
     def _load_engine(self, partition: int) -> PartitionEngine:
         """Rebuild a partition's engine from the table: its clock and its timer index."""
@@ -322,18 +446,72 @@ class Monitor:
         return engine
 
 
+@dataclass
+class Output:
+    """A record sent for an input event (at_least_once), kept until the broker has it."""
+
+    topic: faust.TopicT
+    record: dict[str, Any]  # Topic.send's arguments: to send it again if the broker failed it
+    ack: Any  # the future of its acknowledgement
+
+
+@dataclass
+class InFlight:
+    """A handled event whose outputs are not all acknowledged yet (at_least_once)."""
+
+    event: Any  # faust's Event
+    generation: int  # Monitor.generation when it was handled
+    outputs: list[Output]
+    staged: Staged | None  # the table writes it made, held until the outputs are acked
+
+
+@contextlib.contextmanager
+def _as_current(event: Any) -> Iterator[None]:
+    """Table writes outside the agent: faust takes their partition from the current event."""
+    token = faust_streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust_streams._current_event.reset(token)
+
+
+@dataclass
+class Staged:
+    """One event's table writes: the states it changed (and its partition's clock)."""
+
+    owner: BufferedStates
+    seq: int
+    states: dict[str, PatientState]
+    raw: dict[bytes, bytes] = field(default_factory=dict)  # reserved keys (the clock)
+
+    def write(self) -> None:
+        """Into the table (and so its changelog); then they are read from there."""
+        self.owner.write(self)
+
+
 class BufferedStates(MutableMapping[str, PatientState]):
-    """The table as the engine sees it: decoded states, writes held until :meth:`flush`."""
+    """The table as the engine sees it: decoded states, writes held until they are safe.
+
+    An event's changes stay in :attr:`pending` while it is processed, then are staged
+    (:meth:`stage`) and written to the table when the event's outputs are acknowledged
+    (:meth:`write`). Staged states not yet written are read from :attr:`unwritten`, so the
+    next events of a patient see them.
+    """
 
     def __init__(self, table: faust.Table) -> None:
         self.table = table
         self.pending: dict[str, PatientState] = {}
         self.before: dict[str, PatientState | None] = {}  # for the census of the metrics
+        self.unwritten: dict[str, tuple[int, PatientState]] = {}  # id -> (seq, state)
+        self.seq = 0
 
     def __getitem__(self, patient_id: str) -> PatientState:
         state = self.pending.get(patient_id)
         if state is not None:
             return state
+        staged = self.unwritten.get(patient_id)
+        if staged is not None:
+            return staged[1]
         data = self.table.get(patient_id.encode())
         if data is None:
             raise KeyError(patient_id)
@@ -359,13 +537,25 @@ class BufferedStates(MutableMapping[str, PatientState]):
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def flush(self, census: Census) -> None:
-        """Write the changed states to the table (and so to its changelog)."""
-        table = self.table
+    def stage(self, census: Census) -> Staged:
+        """The event's changes, to be written; from now on the state of its patients."""
+        self.seq += 1
         for patient_id, state in self.pending.items():
-            table[patient_id.encode()] = encode_state(state)
             census.change(self.before[patient_id], state)
+            self.unwritten[patient_id] = (self.seq, state)
+        staged = Staged(self, self.seq, dict(self.pending))
         self.discard()
+        return staged
+
+    def write(self, staged: Staged) -> None:
+        """Write staged changes to the table (and so to its changelog)."""
+        table = self.table
+        for patient_id, state in staged.states.items():
+            table[patient_id.encode()] = encode_state(state)
+            if self.unwritten[patient_id][0] == staged.seq:  # no later event changed it since
+                del self.unwritten[patient_id]
+        for key, value in staged.raw.items():
+            table[key] = value
 
     def discard(self) -> None:
         self.pending.clear()

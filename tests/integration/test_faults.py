@@ -19,8 +19,8 @@ A worker that exits by itself is restarted, as a supervisor would, and fails the
 end, unless it exited before getting ready while a broker was down (reported, not failed).
 The test creates the topics itself with ``retention.ms=-1`` (see
 ``FaultRun.create_topics``: with the broker's 7-day default, records stamped with months-old
-event times are deleted under a lagging worker). ``exactly_once`` is ``xfail(strict=True)``
-until the defects in ``EXACTLY_ONCE_DEFECTS`` are fixed in the worker.
+event times are deleted under a lagging worker). ``exactly_once`` holds with the fixes in
+``streams/faustfix.py`` (found by this test; each is described there).
 
 Size (``STEPCARE_FAULTS``): ``short`` (default: 320 patients, ~3,100 events, 2 kills, one
 broker stopped with SIGTERM; about a minute and a half per guarantee) or ``full`` (2,200
@@ -75,20 +75,6 @@ pytestmark = [
 # the environment (they are faust settings, not stepcare ones).
 FAST_FAILOVER = {"BROKER_SESSION_TIMEOUT": "10", "BROKER_HEARTBEAT_INTERVAL": "1"}
 
-EXACTLY_ONCE_DEFECTS = (
-    "exactly_once does not hold with faust 0.15.3 as the worker uses it (found by this test): "
-    "(1) escalations and dead letters are sent outside any transaction (faust's "
-    "TransactionManager.send picks the transaction of the destination topic, which the app "
-    "does not consume): no commit markers, repeats after a SIGKILL; (2) a transactional commit "
-    "does not flush faust's producer buffer, so the table's changelog writes of committed "
-    "offsets land in the next transaction, aborted if the worker dies; (3) recovery reads the "
-    "changelog highwaters from aiokafka's cached last_stable_offset, None (-1) after a "
-    "rebalance: ConsistencyError crash loops or a skipped recovery; (4) on a rebalance faust "
-    "forgets the acked offsets before its revoke-time commit, so the open transaction survives "
-    "the rebalance and the rewound events are processed into it twice; (5) a restart on the "
-    "same data dir keeps RocksDB writes of aborted transactions"
-)
-
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
@@ -121,15 +107,7 @@ def three_nodes(cluster: Cluster) -> Cluster:
     return cluster
 
 
-@pytest.mark.parametrize(
-    "guarantee",
-    [
-        pytest.param(
-            "exactly_once", marks=pytest.mark.xfail(strict=True, reason=EXACTLY_ONCE_DEFECTS)
-        ),
-        "at_least_once",
-    ],
-)
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 def test_worker_kills_and_a_broker_restart(
     guarantee: str, three_nodes: Cluster, tmp_path: Path
 ) -> None:
