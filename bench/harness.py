@@ -541,7 +541,7 @@ def worker_changelog(
     log: EncodedLog, partitions: list[int]
 ) -> dict[int, list[tuple[bytes, bytes]]]:
     """The records a worker writes to its table's changelog for ``log`` (published to
-    ``partitions``), per partition and in order: the worker's own ``Monitor.handle``
+    ``partitions``), per partition and in order: the worker's own ``Monitor._process``
     (``streams.app``: engine, ``BufferedStates``, clock saves) runs in this process over the
     records, with a table that records its writes and topics that acknowledge at once."""
     import asyncio
@@ -569,7 +569,10 @@ def worker_changelog(
             table.partition = partition
             message = SimpleNamespace(key=key, value=value, partition=partition, offset=offset,
                                       topic="input", headers=[])  # fmt: skip
-            await monitor.handle(message)
+            monitor.outputs = []
+            staged = await monitor._process(message)  # handle() without faust's event and acks
+            if staged is not None:
+                staged.write()  # at once: the topics acknowledge at once
 
     asyncio.run(drive())
     return table.writes

@@ -251,13 +251,15 @@ class Monitor:
 
     async def _until_acked(self, item: InFlight) -> None:
         """Wait for the broker's acks of an event's outputs; send again what it failed."""
-        while True:
+        while item.outputs:
             results = await asyncio.gather(*(out.ack for out in item.outputs),
                                            return_exceptions=True)  # fmt: skip
             failed = [out for out, result in zip(item.outputs, results, strict=True)
                       if isinstance(result, BaseException)]  # fmt: skip
             if not failed:
                 return
+            if any(isinstance(result, asyncio.CancelledError) for result in results):
+                raise asyncio.CancelledError  # the producer is stopping: so is the worker
             message = item.event.message
             log.error("%d outputs of partition %d offset %d not acknowledged (%s): sending "
                       "them again", len(failed), message.partition, message.offset,
