@@ -306,10 +306,50 @@ async def _get_controller_node(
     raise failure
 
 
+CREATE_ATTEMPTS = 10  # a stopped broker's session expires within seconds (KRaft: 9 s default)
+
+
+def _tolerant_topic_creation(original: Any) -> Any:
+    async def _really_create_topic(
+        self: Any, owner: Any, client: Any, topic: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """``Transport._really_create_topic`` that does not fail because one broker is down.
+
+        faust declares the table's changelog at every start. It skips an existing topic only if
+        its client's metadata cache already lists it, and otherwise sends CreateTopics to the
+        node the metadata names as controller, which in KRaft is any broker believed alive,
+        possibly one just stopped: the worker exits with NodeNotReadyError. Here the topic's
+        existence is asked of the cluster first (any broker that answers), and a request that
+        meets a broker that is not ready is tried again, a second apart.
+        """
+        from aiokafka.errors import KafkaError, NodeNotReadyError
+
+        try:
+            if topic in (await client.fetch_all_metadata()).topics():
+                owner.log.debug("Topic %r exists, skipping creation.", topic)
+                return
+        except KafkaError as exc:  # the request below reports what is wrong
+            owner.log.info("Cluster metadata not read (%r): creating topic %r", exc, topic)
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                return cast(None, await original(self, owner, client, topic, *args, **kwargs))
+            except NodeNotReadyError as exc:
+                if attempt == CREATE_ATTEMPTS or owner.should_stop:
+                    raise
+                owner.log.info("Creating topic %r: %r; trying again", topic, exc)
+                await asyncio.sleep(1.0)
+
+    _really_create_topic.__wrapped__ = original  # type: ignore[attr-defined]
+    return _really_create_topic
+
+
 def _apply_startup_fixes() -> None:
     from faust.transport.drivers.aiokafka import Transport
 
     Transport._get_controller_node = _get_controller_node  # type: ignore[method-assign]
+    Transport._really_create_topic = _tolerant_topic_creation(  # type: ignore[method-assign]
+        Transport._really_create_topic
+    )
 
 
 def _apply_exactly_once_fixes() -> None:

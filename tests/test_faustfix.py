@@ -16,7 +16,8 @@ from streams import faustfix
 class Owner:
     """The service faust passes in: ``wait`` runs the request and reports a stop."""
 
-    log = SimpleNamespace(info=lambda *args: None)
+    log = SimpleNamespace(info=lambda *args: None, debug=lambda *args: None)
+    should_stop = False
 
     async def wait(self, coro: Any, timeout: float) -> Any:
         return SimpleNamespace(result=await coro, stopped=False)
@@ -58,6 +59,55 @@ def test_with_every_broker_down_the_last_error_is_raised() -> None:
         controller(client)
 
 
+class Creator:
+    """faust's ``_really_create_topic``, failing ``failures`` times as when a broker is down."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self, transport: Any, owner: Any, client: Any, topic: str) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise NodeNotReadyError("node 1 is not ready")
+
+
+def create(creator: Creator, existing: set[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_pause(seconds: float) -> None:
+        pass
+
+    async def fetch_all_metadata() -> Any:
+        return SimpleNamespace(topics=lambda: existing)
+
+    monkeypatch.setattr(faustfix.asyncio, "sleep", no_pause)
+    client = SimpleNamespace(fetch_all_metadata=fetch_all_metadata)
+    tolerant = faustfix._tolerant_topic_creation(creator)
+    asyncio.run(tolerant(None, Owner(), client, "app-patients-changelog"))
+
+
+def test_an_existing_changelog_is_not_created_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    creator = Creator(failures=0)
+    create(creator, {"app-patients-changelog"}, monkeypatch)
+    assert creator.calls == 0
+
+
+def test_creating_a_topic_while_a_broker_is_down_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    creator = Creator(failures=2)
+    create(creator, set(), monkeypatch)
+    assert creator.calls == 3
+
+
+def test_a_broker_down_for_good_fails_the_creation_in_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    creator = Creator(failures=faustfix.CREATE_ATTEMPTS)
+    with pytest.raises(NodeNotReadyError):
+        create(creator, set(), monkeypatch)
+    assert creator.calls == faustfix.CREATE_ATTEMPTS
+
+
 def test_apply_patches_faust_once() -> None:
     from faust.transport.consumer import Consumer
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
@@ -65,6 +115,9 @@ def test_apply_patches_faust_once() -> None:
     assert faustfix.apply() is True
     assert faustfix.apply() is True  # idempotent: force_commit is wrapped once
     assert Transport._get_controller_node is faustfix._get_controller_node
+    assert Transport._really_create_topic.__wrapped__.__qualname__ == (
+        "Transport._really_create_topic"  # faust's own, wrapped once
+    )
     assert AIOKafkaConsumerThread._highwaters is faustfix._highwaters
     assert Consumer.on_partitions_revoked is faustfix._on_partitions_revoked
     assert Consumer.commit_and_end_transactions is faustfix._commit_and_end_transactions
