@@ -40,7 +40,7 @@ from faust import streams as faust_streams
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from faust.types.auth import CredentialsT
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import REGISTRY
 
 from streams import faustfix
 from streams.codec import (
@@ -170,21 +170,10 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
         body = {"ready": bool(owned) and recovered, "partitions": owned, "recovered": recovered}
         return web.json(body, status=200 if body["ready"] else 503)
 
-    # /metrics on the web port: stepcare's metrics (streams/metrics.py), and Faust's own if asked
-    # for (faust's sensors run on every message, table access and send: measured, they cut the
-    # worker's throughput by a third at least once and by almost half exactly once).
-    if settings.faust_metrics:
-        setup_prometheus_sensors(
-            app, pattern="/metrics", registry=REGISTRY, name_prefix="stepcare_faust"
-        )
-    else:
-
-        @app.page("/metrics")
-        async def metrics_page(web: Any, request: Any) -> Any:
-            """The Prometheus exposition of stepcare's metrics."""
-            body = generate_latest(REGISTRY)
-            return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
+    # /metrics on the web port: stepcare's metrics (streams/metrics.py) and Faust's own.
+    setup_prometheus_sensors(
+        app, pattern="/metrics", registry=REGISTRY, name_prefix="stepcare_faust"
+    )
     return app
 
 

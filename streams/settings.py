@@ -88,11 +88,6 @@ class Settings:
     )
     web_host: str = _setting("127.0.0.1", "Address of the worker's web server (/metrics).")
     web_port: int = _setting(6066, "Port of the worker's web server.")
-    faust_metrics: bool = _setting(
-        False,
-        "Also export Faust's own metrics (stepcare_faust_*) on /metrics; they cost about a "
-        "third of the worker's throughput.",
-    )
     security_protocol: str = _setting(
         "PLAINTEXT", "Broker connection: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )

@@ -111,20 +111,3 @@ def test_metrics_count_exactly_what_the_worker_did(
         "policy_id": "step-pc-2024", "policy_version": "1",
     }) == 1  # fmt: skip
     assert not any("p-00" in str(labels) for (_, labels) in metrics)  # no patient in a label
-    assert not any(name.startswith("stepcare_faust_") for (name, _) in metrics)  # off by default
-
-
-def test_faust_metrics_are_exported_when_asked_for(
-    kafka_bootstrap: str, topic_name: str, tmp_path: Path
-) -> None:
-    deployment = Deployment(kafka_bootstrap, topic_name, tmp_path)
-    deployment.env["STEPCARE_FAUST_METRICS"] = "true"
-    port = deployment.env["STEPCARE_WEB_PORT"]
-    worker = deployment.worker("worker")
-    try:
-        metrics = scrape(port)
-    finally:
-        assert worker.stop() == 0
-    names = {name for (name, _) in metrics}
-    assert "stepcare_faust_messages_received_total" in names, sorted(names)
-    assert "stepcare_events_total" in names
