@@ -1046,7 +1046,7 @@ def pyspy_table(profiles: dict[str, Any], during: str) -> str:
 STAGE_NAMES = {
     "decode": "decode + validate (Avro SOE, `event_from_json`)",
     "engine": "engine (`PartitionEngine.process`, incl. state reads)",
-    "publish": "publish escalations (encode, send; at least once: wait for acks)",
+    "publish": "publish escalations (encode, send; acks awaited beside the agent)",
     "store": "write changed states (`encode_state`, RocksDB, changelog send)",
     "rest": "rest of `handle` (clock key, census, counters)",
     "between": "between records (faust stream, fetch, commits, idle)",
