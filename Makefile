@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Downloads (Kafka jars, Maven repository) are cached here; git ignores it.
 export STEPCARE_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: venv jars lint format test test-faults test-unit run bench broker-start broker-stop clean
+.PHONY: venv jars lint format test test-faults test-unit hostile run bench broker-start broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "stepcare needs Python 3.11, not " + sys.version.split()[0]'
@@ -31,6 +31,9 @@ test: lint jars  ## ruff, then the whole suite on real brokers
 
 test-faults: lint jars  ## the full fault-injection run (~20,000 events, 4 kills, a broker SIGKILL; ~5 min)
 	STEPCARE_FAULTS=full $(BIN)/pytest -s tests/integration/test_faults.py
+
+hostile: venv jars  ## the hostile-input suite: every attack and what stepcare does (a table at the end)
+	$(BIN)/pytest -m attack
 
 test-unit: venv  ## the tests that need no broker
 	$(BIN)/pytest -m "not integration"

@@ -18,6 +18,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -102,3 +103,42 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
+
+
+# -- the hostile-input suite (make hostile) -----------------------------------------------------
+# A test marked ``@pytest.mark.attack("what the attacker does", "what stepcare does")`` is one
+# row of the attack table that ``make hostile`` (pytest -m attack) prints at the end of its run.
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    rows = []
+    for status in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(status, []):
+            if getattr(report, "when", "call") not in ("call", "setup") or not hasattr(
+                report, "attack"
+            ):
+                continue
+            if status == "passed" and report.when != "call":
+                continue
+            attack, outcome = report.attack
+            rows.append((attack, outcome, status.upper()))
+    if not rows:
+        return
+    rows.sort()
+    width = min(70, max(len(row[0]) for row in rows))
+    terminalreporter.section(f"attacks: {len(rows)}")
+    terminalreporter.write_line(f"{'attack':<{width}}  {'result':<7}  outcome")
+    for attack, outcome, status in rows:
+        terminalreporter.write_line(f"{attack:<{width}}  {status:<7}  {outcome}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    marker = item.get_closest_marker("attack")
+    if marker is not None:
+        attack = marker.args[0] if marker.args else item.name
+        expected = marker.args[1] if len(marker.args) > 1 else ""
+        if hasattr(item, "callspec"):
+            attack = f"{attack} [{item.callspec.id}]"
+        outcome.get_result().attack = (attack, expected)
