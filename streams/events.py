@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
@@ -63,28 +62,39 @@ class PatientEvent:
 
 # -- times ------------------------------------------------------------------------------------
 
+# RFC 3339 §5.6 date-time, with ASCII digits only ([0-9]: \d and int() accept other digits,
+# signs, spaces and underscores). "T" and "Z" may be lower case (ABNF strings are case-blind).
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:[Zz]|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
 )
+# The common shape of the hot path: whole seconds, UTC (2024-03-01T09:30:00Z).
+_UTC_SECONDS = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
+_utc_seconds = _UTC_SECONDS.fullmatch
+NOT_RFC3339 = "timestamp is not RFC 3339 (e.g. 2024-03-01T09:30:00Z)"
 
 
 def parse_time(text: object) -> int:
-    """An RFC 3339 timestamp (``2024-03-01T09:30:00Z``, optional fraction and offset) in ms."""
-    if type(text) is str and len(text) == 20 and text[19] == "Z" and text[10] == "T":
-        # Fast path for the common shape 2024-03-01T09:30:00Z (no fraction, UTC).
-        try:
-            year, month, day = int(text[0:4]), int(text[5:7]), int(text[8:10])
-            hour, minute, second = int(text[11:13]), int(text[14:16]), int(text[17:19])
-        except ValueError:
-            pass
-        else:
-            if (
-                text[4] == text[7] == "-" and text[13] == text[16] == ":"
-                and year >= 1 and 1 <= month <= 12 and 1 <= day <= _days_in_month(year, month)
-                and hour < 24 and minute < 60 and second < 60
-            ):  # fmt: skip
-                seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600
-                return (seconds + minute * 60 + second) * 1000
+    """An RFC 3339 date-time (``2024-03-01T09:30:00Z``) in ms since the epoch, UTC.
+
+    Exactly RFC 3339 §5.6: ``full-date "T" full-time`` with ASCII digits; ``t`` and ``z`` as
+    well as ``T`` and ``Z``; a fraction of any length, truncated to milliseconds; an offset from
+    -23:59 to +23:59, normalised to UTC (the result must fall in years 0001-9999). Refused: a
+    space instead of ``T`` (RFC 3339 allows it only in a note), a leap second (``:60``: times
+    are ms since the epoch, which has none), and anything else. An ``EventError`` names the rule
+    broken, never the text (it may reach a dead letter).
+    """
+    match = _utc_seconds(text) if type(text) is str else None
+    if match is not None:
+        y, mo, d, h, mi, s = match.groups()
+        year, month, day = int(y), int(mo), int(d)
+        hour, minute, second = int(h), int(mi), int(s)
+        if (
+            year >= 1 and 1 <= month <= 12 and 1 <= day <= _days_in_month(year, month)
+            and hour < 24 and minute < 60 and second < 60
+        ):  # fmt: skip
+            seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600
+            return (seconds + minute * 60 + second) * 1000
     return _parse_time_slow(text)
 
 
@@ -93,18 +103,28 @@ def _parse_time_slow(text: object) -> int:
         raise EventError(f"timestamp must be an RFC 3339 string, got {type(text).__name__}")
     match = _RFC3339.fullmatch(text)
     if not match:
-        raise EventError(f"timestamp {text!r} is not RFC 3339 (e.g. 2024-03-01T09:30:00Z)")
+        raise EventError(NOT_RFC3339)
     year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
-    try:
-        moment = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError as exc:
-        raise EventError(f"timestamp {text!r}: {exc}") from None
-    ms = int(moment.timestamp()) * 1000 + int((match[7] or "0")[:3].ljust(3, "0"))
+    if year == 0:
+        raise EventError("timestamp is outside years 0001-9999 in UTC")
+    if not 1 <= month <= 12:
+        raise EventError("timestamp month is not 01-12")
+    if not 1 <= day <= _days_in_month(year, month):
+        raise EventError("timestamp day is not a day of its month")
+    if second == 60 and hour < 24 and minute < 60:
+        raise EventError("timestamp has a leap second (:60); times in ms since the epoch have none")
+    if hour > 23 or minute > 59 or second > 59:
+        raise EventError("timestamp time of day is not 00:00:00-23:59:59")
+    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    ms = seconds * 1000 + int(match[7][:3].ljust(3, "0") if match[7] else 0)
     if match[8]:
-        offset = (int(match[9]) * 60 + int(match[10])) * 60_000
+        offset_hours, offset_minutes = int(match[9]), int(match[10])
+        if offset_hours > 23 or offset_minutes > 59:
+            raise EventError("timestamp offset is not within -23:59 to +23:59")
+        offset = (offset_hours * 60 + offset_minutes) * 60_000
         ms -= offset if match[8] == "+" else -offset
         if not MIN_TIME <= ms <= MAX_TIME:  # format_time writes these as years 0 and 10000
-            raise EventError(f"timestamp {text!r} is outside years 0001-9999 in UTC")
+            raise EventError("timestamp is outside years 0001-9999 in UTC")
     return ms
 
 

@@ -71,7 +71,7 @@ FACT_L = {"instrument": "FACT-L", "responses": {}}
         ({"patient_id": ""}, "patient_id must be a non-empty string"),
         ({"event_id": 17}, "event_id must be a non-empty string"),
         ({"event_id": "e" * 129}, "event_id is longer than 128 characters"),
-        ({"occurred_at": "yesterday"}, "timestamp 'yesterday' is not RFC 3339"),
+        ({"occurred_at": "yesterday"}, "timestamp is not RFC 3339"),
         ({"survey": None}, "a SURVEY_SUBMITTED event needs a survey object"),
         ({"survey": {"instrument": "PHQ-9", "responses": {}}}, "instrument 'PHQ-9' is not FACT-L"),
         ({"survey": FACT_L | {"version": "3"}}, "version '3'"),

@@ -232,7 +232,7 @@ def test_rate_limits_events_per_second(kafka_bootstrap: str, topic_name: str) ->
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--until", "tomorrow"], "stepcare: --until: timestamp 'tomorrow' is not RFC 3339"),
+        (["--until", "tomorrow"], "stepcare: --until: timestamp is not RFC 3339 (e.g. "),
         (["--rate", "0"], "stepcare: --rate: 0 is not a positive number of events/s"),
         (["--input", "/nonexistent.jsonl"], "stepcare: cannot read /nonexistent.jsonl: "),
     ],
