@@ -24,6 +24,14 @@ The rules, as the care team reads them (DESIGN §5, policy numbers from ``stream
   VISIT_OVERDUE is sent once (the request stays open). In step 1, when no valid FACT-L has come
   for 6 weeks after the later of enrollment and the last valid survey, plus 7 days' grace,
   SURVEY_OVERDUE is sent, once for each missed 6-week cycle.
+* **Catch-up bound**: timers fire when the clock passes their deadline. If the clock jumps
+  over more than 26 missed survey cycles at once (``MAX_SURVEY_CATCH_UP``: 3 years of 6-week
+  cycles; ordinary event streams and the live worker's wall-clock ticks move it days at a
+  time), 26 SURVEY_OVERDUE are sent, not one per cycle: the first missed cycle, whose reason
+  says how many of the following cycles are not reported, and the last 25 before the clock.
+  A single wrongly dated record (year 24, or 8999) therefore cannot flood the care team: one
+  input record causes at most 28 escalations per patient of its partition (26 SURVEY_OVERDUE,
+  one VISIT_OVERDUE of the open request, and the record's own escalation for its patient).
 * **End**: on disenrollment or death an open request is cancelled (VISIT_REQUEST_CANCELLED)
   and monitoring ends: later events for the patient are ignored.
 * **Idempotent input**: an event whose id was already applied for the patient is ignored. The
@@ -46,6 +54,9 @@ from streams.events import DAY_MS, EventType, PatientEvent, format_time
 from streams.policy import Policy
 
 RECENT_EVENTS = 16
+# At most this many SURVEY_OVERDUE per patient when the clock passes many survey deadlines at
+# once (see the module docstring): 26 cycles of 6 weeks are 3 years.
+MAX_SURVEY_CATCH_UP = 26
 INSTRUMENT = "FACT-L"
 # Namespace of escalation ids (UUIDv5); fixed forever, or ids stop being deterministic.
 ESCALATION_NAMESPACE = uuid.UUID("5b0e3f52-6c2e-4f0e-9b1e-3c1f6f1a2d47")
@@ -415,8 +426,16 @@ def next_deadline(state: PatientState) -> int | None:
     return min(deadlines) if deadlines else None
 
 
-def advance(state: PatientState, now: int, policy: Policy, patient_id: str) -> Result:
-    """Fire, in deadline order, every timer of the patient whose deadline is before ``now``."""
+def advance(
+    state: PatientState, now: int, policy: Policy, patient_id: str, *, clock: int | None = None
+) -> Result:
+    """Fire, in deadline order, every timer of the patient whose deadline is before ``now``.
+
+    ``clock`` (default ``now``, never less) is the partition's clock: the drivers fire one
+    deadline at a time (``now`` = deadline + 1) while the clock is already further on, and the
+    survey catch-up is bounded by how far behind the clock a deadline is (``MAX_SURVEY_CATCH_UP``).
+    """
+    clock = now if clock is None or clock < now else clock
     escalations: list[Escalation] = []
     while True:
         deadline = next_deadline(state)
@@ -427,8 +446,11 @@ def advance(state: PatientState, now: int, policy: Policy, patient_id: str) -> R
             escalations.append(_visit_overdue(state, request, policy, patient_id))
             state = state._replace(request=request._replace(overdue_sent=True))
         else:
-            escalations.append(_survey_overdue(state, deadline, policy, patient_id))
-            state = state._replace(survey_due=deadline + policy.survey_interval)
+            interval = policy.survey_interval
+            missed = -(-(clock - deadline) // interval)  # deadline, + interval, ... before clock
+            skipped = max(0, missed - MAX_SURVEY_CATCH_UP)
+            escalations.append(_survey_overdue(state, deadline, policy, patient_id, skipped))
+            state = state._replace(survey_due=deadline + (skipped + 1) * interval)
     return Result(state, tuple(escalations))
 
 
@@ -449,19 +471,29 @@ def _visit_overdue(
 
 
 def _survey_overdue(
-    state: PatientState, deadline: int, policy: Policy, patient_id: str
+    state: PatientState, deadline: int, policy: Policy, patient_id: str, skipped: int = 0
 ) -> Escalation:
     assert state.enrolled_at is not None  # only enrolled patients have a survey deadline
     since = max(state.enrolled_at, state.last_survey_at or state.enrolled_at)
     what = "the last valid FACT-L" if state.last_survey_at else "enrollment"
+    text = (
+        f"No valid FACT-L in the {(deadline - since) // DAY_MS} days since {what} "
+        f"({format_time(since)}); one is expected every {policy.survey_interval_days:g} days."
+    )
+    if skipped:
+        last = format_time(deadline + skipped * policy.survey_interval)
+        cycles = (
+            f"missed cycle ({last}) is"
+            if skipped == 1
+            else f"{skipped} missed cycles (to {last}) are"
+        )
+        text += (
+            f" The next {cycles} not reported: the clock passed more than "
+            f"{MAX_SURVEY_CATCH_UP} cycles at once."
+        )
     return Escalation(
         escalation_id(patient_id, Kind.SURVEY_OVERDUE, format_time(deadline), policy),
         patient_id, Kind.SURVEY_OVERDUE, state.care_step, deadline,
         deadline + policy.overdue_action, None, policy.policy_id, policy.policy_version,
-        Reason(
-            f"No valid FACT-L in the {(deadline - since) // DAY_MS} days since {what} "
-            f"({format_time(since)}); one is expected every {policy.survey_interval_days:g} days.",
-            instrument=INSTRUMENT,
-            baseline=state.baseline,
-        ),
+        Reason(text, instrument=INSTRUMENT, baseline=state.baseline),
     )  # fmt: skip

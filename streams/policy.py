@@ -86,6 +86,8 @@ class Policy:
             raise PolicyError("step_up_threshold must be more than 0")
         for name in _DURATIONS:  # the engine works in ms: convert once
             object.__setattr__(self, name, round(getattr(self, f"{name}_days") * DAY_MS))
+            if getattr(self, name) < 1:  # a 0 ms survey cycle would never end
+                raise PolicyError(f"{name}_days must be at least 1 millisecond")
 
     def declined(self, baseline: float, score: float) -> bool:
         """Whether a fall from ``baseline`` to ``score`` reaches the step-up threshold."""

@@ -89,7 +89,7 @@ class PartitionEngine:
             state = self.states.get(patient_id, NEW_PATIENT)
             if next_deadline(state) != deadline:
                 continue  # the patient's timers changed since this entry was indexed
-            result = advance(state, deadline + 1, self.policy, patient_id)
+            result = advance(state, deadline + 1, self.policy, patient_id, clock=moment)
             self.states[patient_id] = result.state
             fired.extend(result.escalations)
             self.index(patient_id, result.state)

@@ -41,7 +41,7 @@ from streams.codec import (
     encode_event,
     write_avro_log,
 )
-from streams.engine import Escalation, Kind
+from streams.engine import MAX_SURVEY_CATCH_UP, Escalation, Kind
 from streams.events import (
     DAY_MS,
     MAX_ID_LENGTH,
@@ -578,11 +578,11 @@ def test_events_at_both_ends_of_time_are_processed_and_render() -> None:
         assert not _beyond_9999(escalation)
 
 
-def test_a_far_future_event_fires_every_missed_cycle_of_its_partition() -> None:
-    """Finding F1 (amplification): one record dated 8999 on a partition moves its clock there,
-    and every enrolled step-1 patient of the partition gets a SURVEY_OVERDUE for each 6-week
-    cycle until then, ~60,000 each, as the policy table says ("once per missed cycle"). The
-    engine survives it; whether the worker should accept such a record is for the report."""
+def test_a_far_future_event_fires_a_bounded_catch_up_in_its_partition() -> None:
+    """Finding F1 (amplification): one record dated 8999 on a partition moves its clock there.
+    It used to send every enrolled step-1 patient of the partition a SURVEY_OVERDUE for each
+    6-week cycle until then, ~60,000 each; issue 12 bounds the catch-up (MAX_SURVEY_CATCH_UP):
+    the first missed cycle, saying how many are not reported, and the last 25 before the clock."""
     engine = PartitionEngine(POLICIES[0])
     enrolled_at = parse_time("2024-01-01T00:00:00Z")
     engine.process(event_from_json({**EXAMPLES[1], "occurred_at": format_time(enrolled_at)}))
@@ -590,12 +590,20 @@ def test_a_far_future_event_fires_every_missed_cycle_of_its_partition() -> None:
     stranger = {"event_id": "x", "patient_id": "p-x", "occurred_at": format_time(far),
                 "type": "HOSPITAL_ADMITTED"}  # fmt: skip
     fired = engine.process(event_from_json(stranger)).escalations
-    first = enrolled_at + 49 * DAY_MS
-    cycles = (far - 1 - first) // (42 * DAY_MS) + 1
-    kinds = [e.kind for e in fired]
-    assert kinds.count(Kind.SURVEY_OVERDUE) == cycles > 60_000
-    assert kinds.count(Kind.VISIT_OVERDUE) == 1
-    for escalation in fired[:: len(fired) // 50]:
+    first, cycle = enrolled_at + 49 * DAY_MS, 42 * DAY_MS
+    cycles = (far - 1 - first) // cycle + 1
+    skipped = cycles - MAX_SURVEY_CATCH_UP
+    assert cycles > 60_000
+    assert [(e.kind, e.occurred_at) for e in fired] == [
+        (Kind.VISIT_OVERDUE, enrolled_at + 28 * DAY_MS),
+        (Kind.SURVEY_OVERDUE, first),
+        *[(Kind.SURVEY_OVERDUE, first + n * cycle) for n in range(skipped + 1, cycles)],
+    ]
+    assert fired[1].reason.text.endswith(
+        f"The next {skipped} missed cycles (to {format_time(first + skipped * cycle)}) are not "
+        "reported: the clock passed more than 26 cycles at once."
+    )
+    for escalation in fired:
         _check_escalation(escalation)
 
 

@@ -59,6 +59,7 @@ def test_a_policy_file_overrides_only_what_it_names(tmp_path: Path) -> None:
         ('baseline_mode = "median"', 'baseline_mode must be "fixed" or "rolling"'),
         ("enrollment_step = 3", "enrollment_step must be 1 or 2"),
         ("visit_window_days = 0", "visit_window_days must be more than 0"),
+        ("survey_interval_days = 1e-9", "survey_interval_days must be at least 1 millisecond"),
         ("step_up_threshold =", "not valid TOML"),
     ],
 )
