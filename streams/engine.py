@@ -27,8 +27,9 @@ The rules, as the care team reads them (DESIGN §5, policy numbers from ``stream
 * **Catch-up bound**: timers fire when the clock passes their deadline. If the clock jumps
   over more than 26 missed survey cycles at once (``MAX_SURVEY_CATCH_UP``: 3 years of 6-week
   cycles; ordinary event streams and the live worker's wall-clock ticks move it days at a
-  time), 26 SURVEY_OVERDUE are sent, not one per cycle: the first missed cycle, whose reason
-  says how many of the following cycles are not reported, and the last 25 before the clock.
+  time, a ``replay --until`` 3 years after a patient's last survey is such a jump), 26
+  SURVEY_OVERDUE are sent, not one per cycle: the first missed cycle, whose reason says how
+  many of the following cycles are not reported, and the last 25 before the clock.
   A single wrongly dated record (year 24, or 8999) therefore cannot flood the care team: one
   input record causes at most 28 escalations per patient of its partition (26 SURVEY_OVERDUE,
   one VISIT_OVERDUE of the open request, and the record's own escalation for its patient).
@@ -446,6 +447,8 @@ def advance(
             escalations.append(_visit_overdue(state, request, policy, patient_id))
             state = state._replace(request=request._replace(overdue_sent=True))
         else:
+            # The skipped cycles follow the one fired now, so the note is known here and
+            # timers still fire in deadline order, with nothing more in the patient's state.
             interval = policy.survey_interval
             missed = -(-(clock - deadline) // interval)  # deadline, + interval, ... before clock
             skipped = max(0, missed - MAX_SURVEY_CATCH_UP)
