@@ -283,7 +283,9 @@ def _check(segments: list[str]) -> None:
     except UnsupportedVersion:
         if not version:
             raise _malformed("MSH-12 (version id) is empty") from None
-        raise _malformed(f"HL7 version {version[:10]!r} is not supported (2.1 to 2.8.2)") from None
+        raise _malformed(
+            "MSH-12 (version id) is not a supported HL7 version (2.1 to 2.8.2)"
+        ) from None
     except Exception as exc:  # a third-party parser on untrusted input: never crash the bridge
         raise _malformed(f"not a valid MSH segment ({type(exc).__name__})") from None
     for number, segment in enumerate(segments, start=1):
@@ -443,10 +445,8 @@ def _timestamp(label: str, value: str, zone: tzinfo) -> int:
     match = _TS.fullmatch(value)
     if match is None:
         if _DATE_ONLY.fullmatch(value):
-            raise _malformed(f"{label} {value!r} has no time of day (hours and minutes)")
-        raise _malformed(
-            f"{label} {value[:30]!r} is not an HL7 timestamp (YYYYMMDDHHMM[SS][+ZZZZ])"
-        )
+            raise _malformed(f"{label} has no time of day (hours and minutes)")
+        raise _malformed(f"{label} is not an HL7 timestamp (YYYYMMDDHHMM[SS][+ZZZZ])")
     year, month, day, hour, minute = (int(g) for g in match.group(1, 2, 3, 4, 5))
     second = int(match[6] or 0)
     micro = int((match[7] or "0").ljust(6, "0"))
@@ -458,7 +458,7 @@ def _timestamp(label: str, value: str, zone: tzinfo) -> int:
             tz = zone
         moment = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
     except ValueError as exc:
-        raise _malformed(f"{label} {value!r}: {exc}") from None
+        raise _malformed(f"{label} is not a valid date and time of day") from None
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 

@@ -187,9 +187,12 @@ INVALID_SAMPLES = {
     "qr-amended.json": ("fhir-status-amended", "amended response corrects"),
     "qr-entered-in-error.json": ("fhir-status-entered-in-error", "entered in error"),
     "qr-in-progress.json": ("fhir-status-in-progress", "not finished"),
-    "qr-wrong-resource-type.json": ("fhir-wrong-resource-type", "got 'Observation'"),
-    "qr-answer-5.json": ("fhir-bad-answer", "item GE3: valueInteger 5 is not a response 0-4"),
-    "qr-unknown-linkid.json": ("fhir-unknown-item", "linkId 'Q1' is not a FACT-L item code"),
+    "qr-wrong-resource-type.json": (
+        "fhir-wrong-resource-type",
+        "resourceType is not QuestionnaireResponse",
+    ),
+    "qr-answer-5.json": ("fhir-bad-answer", "item GE3: valueInteger is not a response 0-4"),
+    "qr-unknown-linkid.json": ("fhir-unknown-item", "a linkId is not a FACT-L item code"),
     "qr-no-subject.json": ("fhir-missing-subject", "no subject"),
     "qr-authored-date-only.json": ("fhir-bad-authored", "needs a date, a time of day and an"),
 }
@@ -223,15 +226,15 @@ def _items(*items: dict[str, Any]) -> list[dict[str, Any]]:
     ("resource", "reason", "detail"),
     [
         (_with(item=_items({"linkId": "GP1", "answer": [{"valueInteger": "3"}]})),
-         "fhir-bad-answer", "valueInteger '3'"),
+         "fhir-bad-answer", "GP1: valueInteger is not a response 0-4"),
         (_with(item=_items({"linkId": "GP1", "answer": [{"valueInteger": True}]})),
-         "fhir-bad-answer", "valueInteger True"),
+         "fhir-bad-answer", "GP1: valueInteger is not a response 0-4"),
         (_with(item=_items({"linkId": "GP1", "answer": [{"valueInteger": -1}]})),
-         "fhir-bad-answer", "valueInteger -1"),
+         "fhir-bad-answer", "GP1: valueInteger is not a response 0-4"),
         (_with(item=_items({"linkId": "GP1", "answer": [{"valueDecimal": 2.0}]})),
          "fhir-bad-answer", "valueDecimal"),
         (_with(item=_items({"linkId": "GP1", "answer": [{"valueCoding": {"code": "5"}}]})),
-         "fhir-bad-answer", "code '5'"),
+         "fhir-bad-answer", "valueCoding code is not 0-4"),
         (_with(item=_items({"linkId": "GP1", "answer": [{"valueInteger": n} for n in (1, 2)]})),
          "fhir-bad-answer", "GP1 has 2 answers"),
         (_with(item=_items({"linkId": "GP1"}, {"linkId": "GP1"})),
@@ -241,7 +244,7 @@ def _items(*items: dict[str, Any]) -> list[dict[str, Any]]:
         (_with(authored="2024-03-12T14:58:31-04:00:00"), "fhir-bad-authored", "authored"),
         (_with(subject={"reference": 17}), "fhir-bad-subject", "subject.reference"),
         (_with(status="stopped"), "fhir-status-stopped", "stopped"),
-        (_with(status="final"), "fhir-invalid", "'final' is not a response status"),
+        (_with(status="final"), "fhir-invalid", "status is not a QuestionnaireResponse status"),
         (_with(id=None), "fhir-missing-id", "no id"),
         (_with(authored=None), "fhir-missing-authored", "no authored"),
         (_with(authored="2024-03-12T14:58-04:00"), "fhir-bad-authored", "has no seconds"),
@@ -449,7 +452,7 @@ def test_an_unknown_kind_is_put_aside() -> None:
         fhir.escalation_to_bundle({**example_escalations()[0], "kind": "NAP"})
     assert (caught.value.reason, caught.value.detail) == (
         "escalation-unknown-kind",
-        "unknown kind 'NAP'",
+        "kind is not an escalation kind",
     )
 
 
@@ -512,7 +515,7 @@ def test_fhir_import_writes_events_and_reports_rejects(
     records = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert {"file": str(DATA / "search-bundle.json"), "line": 1, "entry": 2,
             "reason": "fhir-bad-answer",
-            "detail": "item GE3: valueInteger 5 is not a response 0-4"} in records  # fmt: skip
+            "detail": "item GE3: valueInteger is not a response 0-4"} in records  # fmt: skip
     by_reason = sorted(r["reason"] for r in records)
     assert by_reason == sorted(
         [reason for reason, _ in INVALID_SAMPLES.values()]

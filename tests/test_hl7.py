@@ -229,14 +229,14 @@ def test_a_capture_splits_into_its_messages() -> None:
 
 MALFORMED = {
     "malformed-no-pid3.hl7": "PID-3 (patient identifier list) is empty",
-    "malformed-evn2-date-only.hl7": "EVN-2 '20240405' has no time of day (hours and minutes)",
+    "malformed-evn2-date-only.hl7": "EVN-2 has no time of day (hours and minutes)",
     "malformed-no-control-id.hl7": "MSH-10 (message control id) is empty",
-    "malformed-version-2.9.hl7": "HL7 version '2.9' is not supported (2.1 to 2.8.2)",
+    "malformed-version-2.9.hl7": "MSH-12 (version id) is not a supported HL7 version (2.1 to 2.8.2)",
     "malformed-no-msh.hl7": "a message starts with an MSH segment and its encoding characters",
     "malformed-no-authority.hl7": "PID-3 identifier has no assigning authority (CX-4)",
     "malformed-garbage-segment.hl7": "segment 4 does not start with a segment id (3 characters)",
     "malformed-no-evn.hl7": "ADT^A03 without an EVN segment",
-    "malformed-bad-time.hl7": "PV1-45 '2024-04-09 13:00' is not an HL7 timestamp",
+    "malformed-bad-time.hl7": "PV1-45 is not an HL7 timestamp",
 }
 
 
