@@ -457,7 +457,7 @@ def _timestamp(label: str, value: str, zone: tzinfo) -> int:
         else:
             tz = zone
         moment = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
-    except ValueError as exc:
+    except ValueError:
         raise _malformed(f"{label} is not a valid date and time of day") from None
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000

@@ -694,3 +694,25 @@ def test_no_resource_breaks_the_adapter(data: st.DataObject) -> None:
         assert exc.reason.startswith("fhir-")
     else:
         event_from_json(event)
+
+
+@pytest.mark.attack(
+    "QuestionnaireResponse with a bad answer or authored time",
+    "dead letter names the item and the rule, not the value",
+)
+@pytest.mark.parametrize(
+    ("resource", "value"),
+    [
+        (_with(item=_items({"linkId": "GP1", "answer": [{"valueInteger": 31337}]})), "31337"),
+        (_with(item=_items({"linkId": "GP1", "answer": [{"valueCoding": {"code": "7777"}}]})),
+         "7777"),
+        (_with(authored="2024-03-12T14:58-04:00"), "14:58"),
+        (_with(authored="1999-12-31"), "1999"),
+    ],
+)  # fmt: skip
+def test_a_dead_letter_detail_does_not_repeat_the_value(
+    resource: dict[str, Any], value: str, pz: Pseudonymizer
+) -> None:
+    with pytest.raises(AdapterError) as caught:
+        fhir.questionnaire_response_to_event(resource, pz)
+    assert value not in caught.value.detail

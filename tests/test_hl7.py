@@ -231,7 +231,7 @@ MALFORMED = {
     "malformed-no-pid3.hl7": "PID-3 (patient identifier list) is empty",
     "malformed-evn2-date-only.hl7": "EVN-2 has no time of day (hours and minutes)",
     "malformed-no-control-id.hl7": "MSH-10 (message control id) is empty",
-    "malformed-version-2.9.hl7": "MSH-12 (version id) is not a supported HL7 version (2.1 to 2.8.2)",
+    "malformed-version-2.9.hl7": "MSH-12 (version id) is not a supported HL7 version",
     "malformed-no-msh.hl7": "a message starts with an MSH segment and its encoding characters",
     "malformed-no-authority.hl7": "PID-3 identifier has no assigning authority (CX-4)",
     "malformed-garbage-segment.hl7": "segment 4 does not start with a segment id (3 characters)",
@@ -356,3 +356,14 @@ def test_no_message_breaks_the_adapter(edits: list[tuple[int, str]], data: st.Da
         assert exc.reason == "hl7-malformed"
     else:
         assert isinstance(result, Ignored) or event_from_json(result)
+
+
+@pytest.mark.attack(
+    "HL7 ADT with a malformed event time", "dead letter names the field, not the time"
+)
+@pytest.mark.parametrize("name", ["malformed-bad-time.hl7", "malformed-evn2-date-only.hl7"])
+def test_a_dead_letter_detail_does_not_repeat_the_time(name: str, pz: Pseudonymizer) -> None:
+    with pytest.raises(AdapterError) as caught:
+        hl7.adt_to_event(read(name), pz)
+    for value in ("2024-04-09 13:00", "20240405"):
+        assert value not in caught.value.detail
