@@ -37,6 +37,7 @@ from typing import Any
 import faust
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from faust import streams as faust_streams
+from faust.exceptions import ConsistencyError
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from faust.types.auth import CredentialsT
@@ -774,6 +775,13 @@ def run(app: faust.App, settings: Settings) -> int:
         status = int(exc.code or 0)
     else:
         status = 0
+    crashed = [getattr(service, "crash_reason", None) for service in (worker, app)]
+    if any(isinstance(reason, ConsistencyError) for reason in crashed):
+        # Stale tables forget_stale_tables could not see (no answer from the broker then).
+        shutil.rmtree(settings.data_dir / "v1" / "tables", ignore_errors=True)
+        log.error("the local tables remembered changelog records the broker does not have: "
+                  "they are dropped; start the worker again to recover them from the "
+                  "changelog")  # fmt: skip
     if status == 0:
         (settings.data_dir / CLEAN_STOP).touch()
     return status
