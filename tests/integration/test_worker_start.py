@@ -50,9 +50,7 @@ def test_a_worker_recovers_when_the_broker_lost_its_storage(tmp_path: Path) -> N
         worker = deployment.worker("worker")
         try:
             deployment.publish(events, until=TICK)
-            assert Counter(deployment.escalations_read(expected=len(expected))) == Counter(
-                expected
-            )
+            assert Counter(deployment.escalations_read(expected=len(expected))) == Counter(expected)
         finally:
             assert worker.stop() == 0
         # On the same broker the tables are not stale: a restart keeps them.
