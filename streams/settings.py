@@ -37,6 +37,7 @@ TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
 MAX_TOPIC_LENGTH = 249
 MAX_APP_ID_LENGTH = MAX_TOPIC_LENGTH - len("-__assignor-__leader")
 _HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
+WORKER_TABLE = "patients"  # streams.app.TABLE: its changelog is "<app_id>-patients-changelog"
 SECRET_FILE_LIMIT = 1 << 20  # bytes read at most from a password, key or certificate file
 
 
@@ -165,6 +166,13 @@ class Settings:
                         f"{env_name(first)} and {env_name(second)} are both "
                         f"{getattr(self, first)!r}: the worker would read its own output"
                     )
+        for name in topics:  # nor a topic faust makes for the worker itself
+            if getattr(self, name) in (f"{self.app_id}-{WORKER_TABLE}-changelog",
+                                       f"{self.app_id}-__assignor-__leader"):  # fmt: skip
+                raise SettingsError(
+                    f"{env_name(name)}={getattr(self, name)!r}: the name of a topic the worker "
+                    "makes for itself"
+                )
         try:
             if self.web_host != self.web_host.strip() or not self.web_host:
                 raise ValueError

@@ -70,6 +70,11 @@ def one_line(err: str) -> str:
          "STEPCARE_ESCALATIONS_TOPIC and STEPCARE_DEAD_LETTER_TOPIC are both 'x'"),
         ({"STEPCARE_INPUT_TOPIC": "x", "STEPCARE_ESCALATIONS_TOPIC": "x"},
          "STEPCARE_INPUT_TOPIC and STEPCARE_ESCALATIONS_TOPIC are both 'x'"),
+        ({"STEPCARE_INPUT_TOPIC": "stepcare-patients-changelog"},
+         "STEPCARE_INPUT_TOPIC='stepcare-patients-changelog': the name of a topic the worker "
+         "makes for itself"),
+        ({"STEPCARE_APP_ID": "w", "STEPCARE_DEAD_LETTER_TOPIC": "w-__assignor-__leader"},
+         "STEPCARE_DEAD_LETTER_TOPIC='w-__assignor-__leader': the name of a topic the worker"),
         ({"STEPCARE_WEB_HOST": "256.1.1.1"},
          "STEPCARE_WEB_HOST='256.1.1.1': expected an IP address or a host name"),
         ({"STEPCARE_WEB_HOST": ""}, "STEPCARE_WEB_HOST='': expected an IP address"),
@@ -585,3 +590,10 @@ def test_the_worker_refuses_to_start_with_one_line(
     done = _run(["worker"], env, tmp_path)
     assert done.returncode == 2, done.stderr
     assert one_line(done.stderr).startswith(message)
+
+
+def test_the_worker_s_table_is_the_one_settings_keep_apart_from_the_topics() -> None:
+    from streams import app
+    from streams.settings import WORKER_TABLE
+
+    assert app.TABLE == WORKER_TABLE
