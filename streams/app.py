@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
-import ssl
 import time
 import weakref
 from collections.abc import Iterator, MutableMapping
@@ -37,6 +37,7 @@ from typing import Any
 import faust
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from faust import streams as faust_streams
+from faust.exceptions import ConsistencyError
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from faust.types.auth import CredentialsT
@@ -637,9 +638,7 @@ def _credentials(settings: Settings) -> CredentialsT | None:
         return None
     context = None
     if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=settings.ssl_cafile or None)
-        if settings.ssl_certfile:
-            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile or None)
+        context = settings.ssl_context()  # SettingsError naming the file's variable
     if protocol == "SSL":
         return faust.SSLCredentials(context)
     return faust.SASLCredentials(
@@ -686,9 +685,83 @@ def forget_unclean_state(data_dir: Path) -> bool:
     return dropped
 
 
+_TABLE_DB = re.compile(rf"{TABLE}-(\d+)\.db")
+
+
+def forget_stale_tables(settings: Settings) -> bool:
+    """Drop the local RocksDB tables if they remember more of the changelog than it holds.
+
+    That is a broker whose storage was reset (or a changelog topic deleted and made again)
+    while this data dir kept its tables: faust would stop the worker with a ConsistencyError
+    ("persisted offset ... higher than the last offset in that topic"). The changelog is the
+    reference: the tables are dropped and recovered from it, as after an unclean stop.
+    """
+    tables = settings.data_dir / "v1" / "tables"
+    persisted = {}
+    for path in sorted(tables.glob(f"{TABLE}-*.db")) if tables.is_dir() else ():
+        match = _TABLE_DB.fullmatch(path.name)
+        offset = _persisted_offset(path) if match else None
+        if offset is not None:
+            persisted[int(match.group(1))] = offset
+    if not persisted:
+        return False
+    changelog = f"{settings.app_id}-{TABLE}-changelog"
+    try:
+        ends = _end_offsets(settings, changelog, sorted(persisted))
+    except KafkaException as exc:  # faust's own check still stops a worker on stale tables
+        log.warning("changelog offsets not checked: %s", exc.args[0].str())
+        return False
+    stale = sorted(p for p, offset in persisted.items() if offset >= ends.get(p, 0))
+    if not stale:
+        return False
+    shutil.rmtree(tables)
+    log.warning("the local tables of %s remember changelog records the broker does not have "
+                "(%s partition %d: offset %d, end %d; was the broker's storage reset?): they "
+                "are dropped and recovered from the changelog", settings.data_dir, changelog,
+                stale[0], persisted[stale[0]], ends.get(stale[0], 0))  # fmt: skip
+    return True
+
+
+def _persisted_offset(path: Path) -> int | None:
+    """The changelog offset faust recorded in one partition's RocksDB (None if unknown)."""
+    from faust.stores.rocksdb import RocksDBOptions, Store
+
+    try:
+        db = RocksDBOptions().open(path)
+    except Exception as exc:  # locked by a running worker, or damaged: faust will say so
+        log.warning("cannot read %s: %s", path, exc)
+        return None
+    try:
+        value = db.get(Store.offset_key)
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+    finally:
+        db.close()
+
+
+def _end_offsets(settings: Settings, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The end offset of each partition of ``topic`` (none of a topic that does not exist)."""
+    consumer = Consumer({**settings.confluent_config(), "group.id": f"{settings.app_id}-check",
+                         "enable.auto.commit": False})  # fmt: skip
+    try:
+        metadata = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return {}
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in partitions
+            if p in metadata.partitions
+        }
+    finally:
+        consumer.close()
+
+
 def run(app: faust.App, settings: Settings) -> int:
     """Run the worker in this process until SIGTERM/SIGINT; the exit status of the worker."""
     forget_unclean_state(settings.data_dir)
+    if settings.store.startswith("rocksdb://"):
+        forget_stale_tables(settings)
     quiet = {name: {"level": "INFO"} for name in QUIET_LIBRARIES}
     worker = _Worker(
         app,
@@ -702,6 +775,13 @@ def run(app: faust.App, settings: Settings) -> int:
         status = int(exc.code or 0)
     else:
         status = 0
+    crashed = [getattr(service, "crash_reason", None) for service in (worker, app)]
+    if any(isinstance(reason, ConsistencyError) for reason in crashed):
+        # Stale tables forget_stale_tables could not see (no answer from the broker then).
+        shutil.rmtree(settings.data_dir / "v1" / "tables", ignore_errors=True)
+        log.error("the local tables remembered changelog records the broker does not have: "
+                  "they are dropped; start the worker again to recover them from the "
+                  "changelog")  # fmt: skip
     if status == 0:
         (settings.data_dir / CLEAN_STOP).touch()
     return status

@@ -829,6 +829,12 @@ def _run_live(args: argparse.Namespace, settings: Any) -> int:
 
     source, target = topic(args.from_topic, source), topic(args.to_topic, target)
     dead_letters = topic(args.dead_letter_topic, dead_letters)
+    # Reading its own output, a bridge would loop forever (a dead letter refused again).
+    if len({source, target, dead_letters}) < 3:
+        raise UsageError(
+            f"bridge {name}: the topics to read ({source}), to write ({target}) and of dead "
+            f"letters ({dead_letters}) must differ"
+        )
     if args.max_messages is not None and args.max_messages < 1:
         raise UsageError("--max-messages must be at least 1")
     if args.idle_timeout is not None and not args.idle_timeout > 0:

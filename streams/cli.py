@@ -13,7 +13,9 @@ import importlib.util
 import json
 import re
 import signal
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 
 from streams import broker
 from streams.codec import AvroLogLines, CodecError, is_avro_container
-from streams.events import EventError, parse_time
+from streams.events import DAY_MS, MAX_EVENT_TIME, MIN_TIME, EventError, format_time, parse_time
 from streams.policy import PolicyError, resolve_policy
 from streams.replay import RejectedLine, replay
 from streams.scoring import ScoringError, score_fact_l
@@ -29,6 +31,7 @@ from streams.settings import KAFKA_VERSIONS, Settings, SettingsError
 from streams.topics import TopicError
 
 EXIT_USAGE = 2
+DEMO_MAX_WEEKS = 520  # ten years: a demo cohort, not a registry
 ANALYSIS_COMMANDS = {
     "simulate": "a seeded synthetic cohort shaped like the STEP PC trial, as a replay log",
     "compare": "run two or more policies over one log and compare what they request",
@@ -142,7 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     cohort = demos.add_parser("cohort", help="write a seeded demo cohort as a JSONL log")
     cohort.add_argument("--patients", type=int, default=200, help="patients in the cohort")
     cohort.add_argument("--seed", type=int, default=1, help="random seed")
-    cohort.add_argument("--weeks", type=int, default=30, help="weeks the cohort spans")
+    cohort.add_argument(
+        "--weeks", type=int, default=30, help=f"weeks the cohort spans (1-{DEMO_MAX_WEEKS})"
+    )
     cohort.add_argument("--end", default="now", help="RFC 3339 time of the end, or now")
     cohort.add_argument("--output", default="-", help="file to write, or - for stdout")
     cohort.set_defaults(handler=_demo_cohort)
@@ -379,13 +384,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
             f"{settings.input_topic} into {settings.escalations_topic}"
         )
     policy = resolve_policy(settings.policy)
+    settings.confluent_config()  # the TLS files and the SASL password file can be read
+    _check_listen(settings.web_host, settings.web_port)
+    _check_data_dir(settings.data_dir)
     _topics(args, settings)
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(
-            f"cannot create the data dir {settings.data_dir}: {exc.strerror}"
-        ) from None
     app = worker_app.build(settings, policy)
     _err(
         f"stepcare worker {settings.app_id}: policy {policy.policy_id} v{policy.policy_version}, "
@@ -393,6 +395,39 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         f"metrics on http://{settings.web_host}:{settings.web_port}/metrics"
     )
     return worker_app.run(app, settings)
+
+
+def _check_listen(host: str, port: int) -> None:
+    """The worker's web server can listen on host:port (checked before faust starts, which
+    would otherwise report the worker ready without a web server, or end with a traceback)."""
+    where = "STEPCARE_WEB_HOST, STEPCARE_WEB_PORT"
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)  # fmt: skip
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise UsageError(f"cannot resolve the web host {host!r} ({where}): {reason}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp does
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot listen on {host}:{port} ({where}): {exc.strerror}"
+                ) from None
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    """The data dir exists (or is created) and the worker can write in it."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write in the data dir {data_dir} (STEPCARE_DATA_DIR): {exc.strerror}"
+        ) from None
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -457,12 +492,20 @@ def _demo_run(args: argparse.Namespace, settings: Settings) -> int:
 def _demo_cohort(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import demo_cohort
 
-    if args.patients < 1 or args.weeks < 1:
-        raise UsageError("--patients and --weeks must be at least 1")
+    if args.patients < 1:
+        raise UsageError("--patients must be at least 1")
+    if not 1 <= args.weeks <= DEMO_MAX_WEEKS:
+        raise UsageError(f"--weeks must be 1-{DEMO_MAX_WEEKS}")
     try:
         end = time.time_ns() // 1_000_000 if args.end == "now" else parse_time(args.end)
     except EventError as exc:
         raise UsageError(f"--end: {exc}") from None
+    # Events lie between a month before the start (baseline forms) and the end.
+    if not MIN_TIME + (args.weeks * 7 + 31) * DAY_MS <= end < MAX_EVENT_TIME:
+        raise UsageError(
+            f"--end {args.end}: the cohort's events must lie within 0001-01-01 and "
+            f"{format_time(MAX_EVENT_TIME)}"
+        )
     events = demo_cohort(args.patients, args.seed, end, weeks=args.weeks)
     text = "".join(json.dumps(event) + "\n" for event in events)
     if args.output == "-":

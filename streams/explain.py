@@ -587,6 +587,8 @@ def render_png(story: Story) -> bytes:
         "clinical events and escalations",
         fontsize=13,
         fontweight="bold",
+        usetex=False,  # the patient id is text: "$" or "\\" in it is not TeX or mathtext
+        parse_math=False,
     )
 
     # FACT-L totals, baseline and threshold.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.events import DAY_MS
+from streams.settings import read_small_file
 
 _DURATIONS = (
     "visit_window", "rolling_window", "baseline_lookback", "survey_interval", "survey_grace",
@@ -127,15 +128,22 @@ def policy_from_mapping(values: dict[str, Any], origin: str = "policy") -> Polic
         raise PolicyError(f"{origin}: {exc}") from None
 
 
+MAX_POLICY_BYTES = 65_536  # a policy is a dozen keys: anything this large is not one
+
+
 def load_policy(path: Path | str) -> Policy:
-    """Load and validate a policy TOML file."""
+    """Load and validate a policy TOML file (UTF-8, a regular file of at most 64 KiB)."""
     path = Path(path)
     try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
+        values = tomllib.loads(read_small_file(path, MAX_POLICY_BYTES).decode("utf-8"))
     except OSError as exc:
         raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path}: not a policy (not UTF-8 text)") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path}: not valid TOML ({exc})") from None
+    except ValueError as exc:  # not a regular file, or too large
+        raise PolicyError(f"policy {exc}") from None
     return policy_from_mapping(values, str(path))
 
 

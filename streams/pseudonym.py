@@ -21,8 +21,9 @@ Source ids of events (FHIR resource ids, HL7 message control ids) may embed an M
 number at some sites, so event ids are keyed hashes too (:meth:`Pseudonymizer.token`), with a key
 derived from the secret for that purpose only: a token never equals a patient id.
 
-The secret (at least 32 bytes) comes from ``STEPCARE_PSEUDONYM_SECRET_FILE`` (a file: its bytes,
-surrounding whitespace removed) or ``STEPCARE_PSEUDONYM_SECRET`` (the UTF-8 bytes of the value);
+The secret (at least 32 bytes) comes from ``STEPCARE_PSEUDONYM_SECRET_FILE`` (a regular file of
+at most 4 KiB: its bytes, surrounding whitespace removed; a warning if group or others may read
+it) or ``STEPCARE_PSEUDONYM_SECRET`` (the bytes of the value, UTF-8 encoded by the environment);
 setting both is an error. Make one with ``openssl rand -base64 48``, keep it like a database
 password, and never rotate it casually: a new secret gives every patient a new id, and the
 engine would see new patients.
@@ -34,11 +35,13 @@ import hashlib
 import hmac
 import os
 from collections.abc import Mapping
-from pathlib import Path
+
+from streams.settings import read_small_file, warn_if_exposed
 
 SECRET_ENV = "STEPCARE_PSEUDONYM_SECRET"
 SECRET_FILE_ENV = "STEPCARE_PSEUDONYM_SECRET_FILE"
 MIN_SECRET_BYTES = 32
+MAX_SECRET_FILE_BYTES = 4096  # read at most this much of the secret file
 PATIENT_PREFIX = "pt-"
 HEX_CHARS = 32  # 128 bits
 
@@ -72,14 +75,19 @@ class Pseudonymizer:
             raise PseudonymError(f"set {SECRET_FILE_ENV} or {SECRET_ENV}, not both")
         if path:
             try:
-                secret = Path(path).read_bytes().strip()
+                secret = read_small_file(path, MAX_SECRET_FILE_BYTES).strip()
             except OSError as exc:
                 raise PseudonymError(
                     f"{SECRET_FILE_ENV}: cannot read {path}: {exc.strerror}"
                 ) from None
+            except ValueError as exc:  # a FIFO, a device (/dev/zero), a huge file
+                raise PseudonymError(f"{SECRET_FILE_ENV}: {exc}") from None
+            warn_if_exposed(path, SECRET_FILE_ENV)
             where = f"{SECRET_FILE_ENV} ({path})"
         elif value:
-            secret, where = value.encode(), SECRET_ENV
+            # The bytes of the variable as the environment holds them (surrogateescape: the
+            # original bytes of a value that is not UTF-8), as a file of those bytes gives.
+            secret, where = value.encode("utf-8", "surrogateescape"), SECRET_ENV
         else:
             raise PseudonymError(
                 f"no pseudonym secret: set {SECRET_FILE_ENV} (a file) or {SECRET_ENV} "

@@ -39,7 +39,14 @@ from typing import Any
 from streams.compare import VISIT_KINDS
 from streams.convert import LogError, output_format, write_log
 from streams.engine import Escalation, Kind, next_deadline
-from streams.events import DAY_MS, EventError, event_from_json, format_time, parse_time
+from streams.events import (
+    DAY_MS,
+    MAX_EVENT_TIME,
+    EventError,
+    event_from_json,
+    format_time,
+    parse_time,
+)
 from streams.policy import Policy, resolve_policy
 from streams.replay import PartitionEngine
 from streams.scoring import REVERSED, SUBSCALES, UNSCORED
@@ -632,6 +639,15 @@ def run(args: argparse.Namespace, settings: object) -> int:
         raise UsageError(str(exc)) from None
     policy = resolve_policy(args.arm)
     day0 = -(-start // DAY_MS) * DAY_MS  # the first UTC midnight at or after --start
+    # The last event: the last enrollment (after the baseline lead), its follow-up and window.
+    last = day0 + (math.ceil(BASELINE_LEAD_DAYS) + args.accrual_weeks * 7 + 1) * DAY_MS
+    last += args.weeks * WEEK_MS + FOLLOW_UP_WINDOW_DAYS * DAY_MS
+    if not last < MAX_EVENT_TIME:  # NaN and inf fail too
+        raise UsageError(
+            f"--start {args.start} with {args.accrual_weeks:g} weeks of accrual and "
+            f"{args.weeks:g} of follow-up would end after {format_time(MAX_EVENT_TIME)}, the "
+            "latest time an event may have: start earlier or simulate fewer weeks"
+        )
     cohort = Cohort(args.seed, args.patients, args.weeks, day0, args.accrual_weeks)
     summary = Summary()
     last = [time.monotonic()]

@@ -45,7 +45,7 @@ def test_every_setting_is_documented() -> None:
         ("STEPCARE_PROCESSING_GUARANTEE", "maybe", "expected one of at_least_once, exactly_once"),
         ("STEPCARE_SECURITY_PROTOCOL", "TLS", "expected one of PLAINTEXT, SSL"),
         ("STEPCARE_STORE", "redis://", "STEPCARE_STORE='redis://': expected rocksdb://"),
-        ("STEPCARE_PARTITIONS", "0", "STEPCARE_PARTITIONS=0: must be >= 1"),
+        ("STEPCARE_PARTITIONS", "0", "STEPCARE_PARTITIONS=0: expected 1-10000"),
         ("STEPCARE_WEB_PORT", "70000", "STEPCARE_WEB_PORT=70000: expected 1-65535"),
     ],
 )
@@ -55,15 +55,19 @@ def test_worker_settings_are_checked_when_read(variable: str, value: str, messag
 
 
 def test_client_config_carries_tls_and_sasl(tmp_path: Path) -> None:
+    from tests.test_settings_hostile import make_cert
+
     secret = tmp_path / "password"
     secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    ca, _ = make_cert(tmp_path)  # the files are checked: a real certificate
     settings = Settings.from_env(
         {
             "STEPCARE_BOOTSTRAP_SERVERS": "kafka-1:9093",
             "STEPCARE_SECURITY_PROTOCOL": "SASL_SSL",
             "STEPCARE_SASL_USERNAME": "stepcare",
             "STEPCARE_SASL_PASSWORD_FILE": str(secret),
-            "STEPCARE_SSL_CAFILE": "/etc/ca.pem",
+            "STEPCARE_SSL_CAFILE": str(ca),
         }
     )
     assert settings.confluent_config() == {
@@ -72,7 +76,7 @@ def test_client_config_carries_tls_and_sasl(tmp_path: Path) -> None:
         "sasl.mechanism": "SCRAM-SHA-512",
         "sasl.username": "stepcare",
         "sasl.password": "s3cret",
-        "ssl.ca.location": "/etc/ca.pem",
+        "ssl.ca.location": str(ca),
     }
     assert Settings.from_env({}).confluent_config() == {"bootstrap.servers": "127.0.0.1:9092"}
 
