@@ -40,6 +40,7 @@ from faust import streams as faust_streams
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from faust.types.auth import CredentialsT
+from faust.web.drivers import aiohttp as faust_aiohttp
 from prometheus_client import REGISTRY
 
 from streams import faustfix
@@ -80,7 +81,7 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
     """The worker's Faust app, configured from ``settings``."""
     policy = policy or resolve_policy(settings.policy)
     faustfix.apply()  # faust 0.15.3 can lose an event waiting while a table recovers
-    app = faust.App(
+    app = App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=_credentials(settings),
@@ -97,9 +98,18 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
         broker_commit_interval=1.0,
         web_enabled=True,
         web_host=settings.web_host,
+        web_bind=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # faust's own views (tables, router, stats, graph, /): off. MetricsOnlyWeb serves none
+        # of them whatever these say; they keep faust's log and its `app.conf` truthful.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
     )
+    app.stepcare_web = (settings.web_host, settings.web_port)
     events = app.topic(settings.input_topic, key_type=bytes, value_type=bytes)
     escalations = app.topic(settings.escalations_topic, key_type=bytes, value_type=bytes)
     dead_letters = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
@@ -175,6 +185,41 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
         app, pattern="/metrics", registry=REGISTRY, name_prefix="stepcare_faust"
     )
     return app
+
+
+class MetricsOnlyWeb(faust_aiohttp.Web):
+    """faust's aiohttp web server with none of faust's views, bound where the settings say.
+
+    faust 0.15.3 (``faust/web/base.py`` ``Web._enabled_blueprints``) mounts blueprints by
+    default: ``/table/<name>/<key>/`` serves any key of any table (here: any patient's state),
+    ``/router/`` the cluster's topology, ``/`` a status or statistics page, ``/graph/`` the
+    service tree. Each has an app setting, but faust's settings read environment variables
+    *over* the values given to ``faust.App`` (``APP_WEB_TABLES_ENABLED``, ``WEB_BIND``, ...;
+    ``faust/types/settings/base.py`` ``_init_settings``): so no blueprint at all here, and the
+    socket is bound to STEPCARE_WEB_HOST:STEPCARE_WEB_PORT, not to ``conf.web_bind`` (whose
+    default is 0.0.0.0). The worker's own pages (/metrics, /health, /ready) are added by
+    :func:`build` with ``app.page``.
+    """
+
+    default_blueprints = ()
+    production_blueprints = ()
+    debug_blueprints = ()
+    optional_blueprints = ()
+
+    def _new_transport_tcp(self) -> Any:
+        host, port = self.app.stepcare_web  # type: ignore[attr-defined]
+        return faust_aiohttp.TCPSite(
+            self._runner, host, port, ssl_context=self.app.conf.web_ssl_context
+        )
+
+
+class App(faust.App):
+    """faust's App, with the web server of :class:`MetricsOnlyWeb`."""
+
+    stepcare_web: tuple[str, int] = ("127.0.0.1", 6066)  # (host, port), set by build()
+
+    def _new_web(self) -> Any:  # faust 0.15.3: ``App.web`` is ``_new_web()``, cached
+        return MetricsOnlyWeb(self)
 
 
 class Monitor:

@@ -1,0 +1,92 @@
+"""Issue 12 ("Safe to deploy"), the worker's part, on a real broker with real workers.
+
+- its web server listens only where STEPCARE_WEB_HOST says and serves /metrics, /health and
+  /ready, nothing of faust's (no table, no router, no statistics);
+- a bad record whose dead letter would be bigger than the producer sends (huge key, thousands
+  of headers, a huge header) is dead-lettered all the same, cut to fit, with its coordinates;
+- SIGTERM stops the worker within its documented time;
+- live events older than STEPCARE_MAX_EVENT_AGE_DAYS are dead-lettered;
+- a producer cannot forge the worker's error.*/source.* headers.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.integration.workers import Deployment
+
+
+def listening(port: int) -> set[tuple[str, int]]:
+    """The (address, port) of every listening TCP socket on ``port``, from /proc/net/tcp{,6}."""
+    found = set()
+    for name, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(name).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]
+            if width == 8:
+                found.add((".".join(str(b) for b in words[0]), port))
+            else:
+                found.add((b"".join(words).hex(), port))
+    return found
+
+
+def get(port: str, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def enrolled(patient_id: str, event_id: str, at: str = "2024-03-05T09:00:00Z") -> dict:
+    return {"event_id": event_id, "patient_id": patient_id, "occurred_at": at,
+            "type": "ENROLLED"}  # fmt: skip
+
+
+# -- 1. no patient data on the network -------------------------------------------------------------
+
+FAUST_VIEWS = [
+    "/table/patients/p-web-1/", "/table/patients/p-web-1", "/table/", "/table/patients/",
+    "/router/", "/router/patients/p-web-1/", "/", "/stats/", "/assignment/", "/graph/",
+    "/performance/", "/nothing-here/",
+]  # fmt: skip
+
+
+@pytest.mark.attack(
+    "GET /table/patients/<id>/, /router/, /, /stats/, /graph/ ... from another interface, "
+    "with WEB_BIND=0.0.0.0 and APP_WEB_*_ENABLED=1 in the worker's environment",
+    "listens on STEPCARE_WEB_HOST only; every path but /metrics /health /ready is 404",
+)
+def test_the_web_server_listens_where_configured_and_serves_no_patient_data(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    stray = {f"APP_WEB_{name}_ENABLED": "1" for name in ("TABLES", "ROUTER", "STATS", "GRAPH")}
+    deployment = Deployment(kafka_bootstrap, topic_name, tmp_path, WEB_BIND="0.0.0.0", **stray,
+                            APP_WEB_METRICS_ENABLED="1")  # fmt: skip
+    port = deployment.env["STEPCARE_WEB_PORT"]
+    worker = deployment.worker("worker")
+    try:
+        deployment.publish([enrolled("p-web-1", "w-1")])
+        assert len(deployment.escalations_read(expected=1)) == 1  # p-web-1 is in the table
+        time.sleep(2)  # its state written (at_least_once: after the escalation's ack)
+        sockets = listening(int(port))
+        answers = {path: get(port, path)[0] for path in FAUST_VIEWS}
+        own = {path: get(port, path) for path in ("/metrics", "/health", "/ready")}
+    finally:
+        assert worker.stop() == 0
+    assert sockets == {("127.0.0.1", int(port))}
+    assert answers == dict.fromkeys(FAUST_VIEWS, 404)
+    assert {path: status for path, (status, _) in own.items()} == dict.fromkeys(own, 200)
+    assert b"stepcare_events_total" in own["/metrics"][1]
+    assert orjson.loads(own["/health"][1]) == {"status": "alive"}
