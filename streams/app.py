@@ -70,6 +70,7 @@ LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
 # producer_max_request_size (1,000,000 bytes), though the broker takes input up to 1,048,588.
 DEAD_LETTER_MAX_VALUE = 990_000
 FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now are refused
+DAY = 86_400_000  # ms
 # at_least_once: events handled while earlier ones still wait for their outputs' acks (a bound
 # on memory and on the work a crash repeats), and the pause before outputs the broker failed
 # (after the producer's own retries) are sent again.
@@ -242,6 +243,8 @@ class Monitor:
         self.dead_letters = dead_letters
         self.wait_for_acks = settings.processing_guarantee == "at_least_once"
         self.live = settings.clock == "wall"
+        # ms; 0: no limit. Live only: a replay (clock=event) processes history of any age.
+        self.max_age = settings.max_event_age_days * DAY if self.live else 0
         self.engines: dict[int, PartitionEngine] = {}
         self.latest_event = 0  # ms
         self.saved_clock: dict[int, int] = {}  # partition -> the clock last written to the table
@@ -343,6 +346,15 @@ class Monitor:
             # One event dated years ahead would move its partition's clock there for good and
             # fire every timer of its patients at once.
             detail = "occurred_at is more than a day ahead of the wall clock"
+            await self.dead_letter(message, kind, "invalid-event", detail)
+            return
+        if self.max_age and event.occurred_at < time.time_ns() // 1_000_000 - self.max_age:
+            # A survey dated decades back would make its patient's timers due at once, and one
+            # feed replaying old history would flood the schedulers with stale visit requests.
+            detail = (
+                f"occurred_at is more than {self.settings.max_event_age_days} days before the "
+                "wall clock (STEPCARE_MAX_EVENT_AGE_DAYS)"
+            )
             await self.dead_letter(message, kind, "invalid-event", detail)
             return
 

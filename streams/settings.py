@@ -80,6 +80,11 @@ class Settings:
         "event: only event time moves the clock (replay).",
     )
     tick_interval: int = _setting(60, "Seconds between wall-clock ticks (clock=wall).")
+    max_event_age_days: int = _setting(
+        365,
+        "clock=wall: events dated more than this many days before the wall clock go to the "
+        "dead-letter topic (invalid-event); 0 = no limit. Not applied with clock=event (replays).",
+    )
     policy: str = _setting(
         "step-pc-2024", "Policy: a built-in name (step-pc-2024, early-pc) or a TOML file."
     )
@@ -110,6 +115,10 @@ class Settings:
             )
         if not 1 <= self.web_port <= 65535:
             raise SettingsError(f"{env_name('web_port')}={self.web_port}: expected 1-65535")
+        if self.max_event_age_days < 0:
+            raise SettingsError(
+                f"{env_name('max_event_age_days')}={self.max_event_age_days}: must be >= 0"
+            )
         for name in ("partitions", "replication", "tick_interval"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_name(name)}={getattr(self, name)}: must be >= 1")

@@ -18,8 +18,11 @@ from pathlib import Path
 
 import orjson
 import pytest
+from confluent_kafka import Producer
 
-from tests.integration.workers import Deployment
+from streams.codec import encode_event
+from streams.events import DAY_MS, format_time
+from tests.integration.workers import Deployment, read_topic
 
 
 def listening(port: int) -> set[tuple[str, int]]:
@@ -90,3 +93,46 @@ def test_the_web_server_listens_where_configured_and_serves_no_patient_data(
     assert {path: status for path, (status, _) in own.items()} == dict.fromkeys(own, 200)
     assert b"stepcare_events_total" in own["/metrics"][1]
     assert orjson.loads(own["/health"][1]) == {"status": "alive"}
+
+
+# -- 3. one record cannot flood the schedulers -------------------------------------------------------
+
+
+@pytest.mark.attack(
+    "live worker: ENROLLED dated year 0024, and one dated 400 days ago",
+    "both dead-lettered (invalid-event, the age rule); no escalation; 300 days ago: applied",
+)
+def test_a_live_worker_dead_letters_events_older_than_the_age_limit(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    now = time.time_ns() // 1_000_000
+    old = {
+        "p-year-24": enrolled("p-year-24", "a-1", "0024-03-05T09:00:00Z"),
+        "p-400-days": enrolled("p-400-days", "a-2", format_time(now - 400 * DAY_MS)),
+    }
+    recent = enrolled("p-300-days", "a-3", format_time(now - 300 * DAY_MS))
+    deployment = Deployment(kafka_bootstrap, topic_name, tmp_path, STEPCARE_CLOCK="wall",
+                            STEPCARE_TICK_INTERVAL="1")  # default STEPCARE_MAX_EVENT_AGE_DAYS
+    worker = deployment.worker("worker")
+    try:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+        for event in [*old.values(), recent]:
+            producer.produce(deployment.input, key=event["patient_id"].encode(),
+                             value=encode_event(event))  # fmt: skip
+        assert producer.flush(30) == 0
+        dead = read_topic(kafka_bootstrap, deployment.dead_letters, expected=2)
+        escalations = [orjson.loads(e) for e in deployment.escalations_read(expected=2)]
+        time.sleep(3)  # ticks every second: whatever the old events could cause has come
+        escalations = [orjson.loads(e) for e in deployment.escalations_read()]
+    finally:
+        assert worker.stop() == 0
+    by_key = {r.key().decode(): dict(r.headers()) for r in dead}
+    assert len(dead) == 2 and by_key.keys() == old.keys()
+    assert {h["error.reason"] for h in by_key.values()} == {b"invalid-event"}
+    assert by_key["p-400-days"]["error.detail"] == (
+        b"occurred_at is more than 365 days before the wall clock (STEPCARE_MAX_EVENT_AGE_DAYS)"
+    )
+    assert {e["patient_id"] for e in escalations} == {"p-300-days"}
+    assert ("INITIAL_VISIT_DUE", recent["occurred_at"]) in {
+        (e["kind"], e["occurred_at"]) for e in escalations
+    }
