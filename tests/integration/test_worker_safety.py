@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.codec import encode_event
 from streams.events import DAY_MS, format_time
@@ -111,8 +112,9 @@ def test_a_live_worker_dead_letters_events_older_than_the_age_limit(
         "p-400-days": enrolled("p-400-days", "a-2", format_time(now - 400 * DAY_MS)),
     }
     recent = enrolled("p-300-days", "a-3", format_time(now - 300 * DAY_MS))
-    deployment = Deployment(kafka_bootstrap, topic_name, tmp_path, STEPCARE_CLOCK="wall",
-                            STEPCARE_TICK_INTERVAL="1")  # default STEPCARE_MAX_EVENT_AGE_DAYS
+    deployment = Deployment(
+        kafka_bootstrap, topic_name, tmp_path, STEPCARE_CLOCK="wall", STEPCARE_TICK_INTERVAL="1"
+    )  # default STEPCARE_MAX_EVENT_AGE_DAYS
     worker = deployment.worker("worker")
     try:
         producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
@@ -136,3 +138,116 @@ def test_a_live_worker_dead_letters_events_older_than_the_age_limit(
     assert ("INITIAL_VISIT_DUE", recent["occurred_at"]) in {
         (e["kind"], e["occurred_at"]) for e in escalations
     }
+
+
+# -- 2. nothing lost on a bad record ---------------------------------------------------------------
+
+BIG = 1_200_000  # bytes: more than the worker's producer sends (1,000,000) and the broker's default
+OWN_HEADERS = ["error.reason", "error.detail", "source.topic", "source.partition", "source.offset"]
+
+
+def create_input_topic(bootstrap: str, deployment: Deployment, max_bytes: int) -> None:
+    """The input topic, taking records up to ``max_bytes`` (the worker creates the others)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = NewTopic(deployment.input, Deployment.PARTITIONS, 1,
+                     config={"max.message.bytes": str(max_bytes)})  # fmt: skip
+    admin.create_topics([topic])[deployment.input].result(30)
+
+
+def oversized_records() -> list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]]:
+    """(name, key, value, headers) of bad records whose dead letters cannot be sent whole."""
+    event = encode_event(enrolled("p-big", "b-1"))
+    return [
+        ("huge key", b"k" * BIG, event, []),  # the key is not the event's patient_id
+        (
+            "thousands of headers",
+            b"p-big",
+            b"not avro",
+            [(f"trace-{i:05d}", b"t" * 200) for i in range(6000)],
+        ),  # fmt: skip
+        ("a huge header", b"p-big", b"not avro", [("a", b"x"), ("blob", b"h" * BIG), ("z", b"y")]),
+        ("huge key, value and header", b"k" * BIG, b"v" * BIG, [("blob", b"h" * BIG)]),
+        ("no key, a huge tombstone header", None, None, [("blob", b"h" * BIG)]),
+    ]
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+@pytest.mark.attack(
+    "records the broker takes whose dead letter would exceed the producer's maximum request "
+    "(1 MB key, 6000 headers, a 1 MB header)",
+    "each dead-lettered with its coordinates, cut to fit and saying what was cut; the next "
+    "valid events processed",
+)
+def test_a_bad_record_too_big_to_dead_letter_whole_is_dead_lettered_cut_to_fit(
+    guarantee: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    deployment = Deployment(kafka_bootstrap, topic_name, tmp_path,
+                            STEPCARE_PROCESSING_GUARANTEE=guarantee)  # fmt: skip
+    create_input_topic(kafka_bootstrap, deployment, 8 * BIG)
+    worker = deployment.worker("worker")
+    bad = oversized_records()
+    coordinates: list[tuple[int, int]] = []
+    try:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True,
+                             "message.max.bytes": 8 * BIG})  # fmt: skip
+        for index, (_, key, value, headers) in enumerate(bad):
+            producer.produce(deployment.input, key=key, value=value, headers=headers, partition=0,
+                             on_delivery=lambda e, m: coordinates.append((m.partition(), m.offset())))  # fmt: skip
+            after = enrolled(f"p-after-{index}", f"n-{index}")  # next on the same partition
+            producer.produce(deployment.input, key=after["patient_id"].encode(), partition=0,
+                             value=encode_event(after))  # fmt: skip
+        assert producer.flush(60) == 0
+        dead = read_topic(kafka_bootstrap, deployment.dead_letters, expected=len(bad))
+        escalations = deployment.escalations_read(expected=len(bad))
+        time.sleep(2)
+        assert worker.alive(), worker.tail()
+        more = read_topic(kafka_bootstrap, deployment.dead_letters)
+        crashes = worker.log.read_text(errors="replace").count("Crashed reason=")
+    finally:
+        assert worker.stop() == 0
+    assert crashes == 0
+    assert len(more) == len(dead) == len(bad)
+    assert {orjson.loads(e)["patient_id"] for e in escalations} == {
+        f"p-after-{i}" for i in range(len(bad))
+    }
+    found = {}
+    for record in dead:
+        names = [name for name, _ in record.headers()]
+        headers = dict(record.headers())
+        assert names[:5] == OWN_HEADERS  # the worker's own first
+        assert headers["source.topic"] == deployment.input.encode()
+        where = (int(headers["source.partition"]), int(headers["source.offset"]))
+        found[where] = (record, names, headers)
+        assert (
+            len(record.key() or b"")
+            + len(record.value() or b"")
+            + sum(len(n) + len(v or b"") for n, v in record.headers())
+            < 1_000_000
+        )
+    assert sorted(found) == sorted(coordinates)
+    by_name = {name: found[where] for (name, *_), where in zip(bad, coordinates, strict=True)}
+
+    record, names, headers = by_name["huge key"]
+    assert (record.key(), record.value()) == (None, bad[0][2])
+    assert headers["error.reason"] == b"invalid-event"
+    assert headers["error.cut"] == f"key ({BIG} bytes)".encode()
+
+    record, names, headers = by_name["thousands of headers"]
+    assert (record.key(), record.value()) == (b"p-big", b"not avro")
+    assert headers["error.reason"] == b"not-single-object-encoding"
+    kept = names[6:]
+    assert 0 < len(kept) < 6000 and kept == [f"trace-{i:05d}" for i in range(len(kept))]
+    cut = f"headers {len(kept) + 1}-6000 of 6000 ({(6000 - len(kept)) * 211} bytes)"
+    assert headers["error.cut"] == cut.encode()
+
+    record, names, headers = by_name["a huge header"]
+    assert names[5:] == ["error.cut", "a", "z"]
+    assert headers["error.cut"] == f"header 2 of 3 ({4 + BIG} bytes)".encode()
+
+    record, names, headers = by_name["huge key, value and header"]
+    assert (record.key(), record.value(), names[5:]) == (b"", None, ["error.cut"])
+    cut = f"key ({BIG} bytes); value ({BIG} bytes); header 1 of 1 ({4 + BIG} bytes)"
+    assert headers["error.cut"] == cut.encode()
+
+    record, names, headers = by_name["no key, a huge tombstone header"]
+    assert (record.key(), record.value(), names[5:]) == (b"", None, ["error.cut"])
