@@ -436,6 +436,7 @@ class Monitor:
         value: bytes | None,
         headers: list[tuple[str, bytes]],
         timestamp: float | None = None,
+        confirm: bool = False,
     ) -> None:
         """Send a record caused by ``message``.
 
@@ -444,6 +445,8 @@ class Monitor:
         partition, the one that commits its offset and its table writes. (faust's
         ``topic.send`` would pick the transaction of the *destination* partition, which this
         worker does not consume: no transaction at all, so a crash would repeat the record.)
+        With ``confirm`` (dead letters, exactly_once), it waits for the broker's ack and stops
+        the worker if the broker refused the record.
         """
         if self.wait_for_acks:
             record = {"key": key, "value": value, "headers": headers, "timestamp": timestamp}
@@ -451,7 +454,7 @@ class Monitor:
             return
         app = self.table.app
         group = app.assignor.group_for_topic(message.topic)
-        await app.producer.send(
+        ack = await app.producer.send(
             topic.get_topic_name(),
             key,
             value,
@@ -460,6 +463,20 @@ class Monitor:
             headers,
             transactional_id=f"{app.conf.id}-{group}-{message.partition}",
         )
+        if confirm:
+            try:
+                await ack
+            except Exception as exc:
+                # The transaction would still commit the event's offset without the record
+                # (seen with a dead letter the topic refused): stop the worker instead, with
+                # the event not acknowledged; the next start handles it again.
+                log.critical(
+                    "partition %d offset %d: the broker refused its %s record (%s): the worker "
+                    "stops so that the event is not committed without it",
+                    message.partition, message.offset, topic.get_topic_name(), exc,
+                )  # fmt: skip
+                await app.crash(exc)
+                raise
 
     async def dead_letter(self, message: Any, kind: str, reason: str, detail: str) -> None:
         headers = message.headers or []
@@ -481,7 +498,9 @@ class Monitor:
         log.warning(
             "dead letter: %s (partition %d offset %d)", reason, message.partition, message.offset
         )
-        await self._send(self.dead_letters, message, key=key, value=value, headers=headers)
+        await self._send(
+            self.dead_letters, message, key=key, value=value, headers=headers, confirm=True
+        )
         self.metrics.count(self.metrics.events, kind, DEAD_LETTERED)
         self.metrics.count(self.metrics.dead_letters, reason)
 

@@ -11,19 +11,22 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams.codec import encode_event
 from streams.events import DAY_MS, format_time
-from tests.integration.workers import Deployment, read_topic
+from tests.integration.workers import Deployment, WorkerProcess, read_topic
 
 
 def listening(port: int) -> set[tuple[str, int]]:
@@ -96,7 +99,7 @@ def test_the_web_server_listens_where_configured_and_serves_no_patient_data(
     assert orjson.loads(own["/health"][1]) == {"status": "alive"}
 
 
-# -- 3. one record cannot flood the schedulers -------------------------------------------------------
+# -- 3. one record cannot flood the schedulers ------------------------------------------------
 
 
 @pytest.mark.attack(
@@ -164,7 +167,7 @@ def oversized_records() -> list[tuple[str, bytes, bytes | None, list[tuple[str, 
             b"p-big",
             b"not avro",
             [(f"trace-{i:05d}", b"t" * 200) for i in range(6000)],
-        ),  # fmt: skip
+        ),
         ("a huge header", b"p-big", b"not avro", [("a", b"x"), ("blob", b"h" * BIG), ("z", b"y")]),
         ("huge key, value and header", b"k" * BIG, b"v" * BIG, [("blob", b"h" * BIG)]),
         ("no key, a huge tombstone header", None, None, [("blob", b"h" * BIG)]),
@@ -190,9 +193,14 @@ def test_a_bad_record_too_big_to_dead_letter_whole_is_dead_lettered_cut_to_fit(
     try:
         producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True,
                              "message.max.bytes": 8 * BIG})  # fmt: skip
+
+        def delivered(error: KafkaError | None, msg: Any) -> None:
+            assert error is None, error
+            coordinates.append((msg.partition(), msg.offset()))
+
         for index, (_, key, value, headers) in enumerate(bad):
             producer.produce(deployment.input, key=key, value=value, headers=headers, partition=0,
-                             on_delivery=lambda e, m: coordinates.append((m.partition(), m.offset())))  # fmt: skip
+                             on_delivery=delivered)  # fmt: skip
             after = enrolled(f"p-after-{index}", f"n-{index}")  # next on the same partition
             producer.produce(deployment.input, key=after["patient_id"].encode(), partition=0,
                              value=encode_event(after))  # fmt: skip
@@ -251,3 +259,72 @@ def test_a_bad_record_too_big_to_dead_letter_whole_is_dead_lettered_cut_to_fit(
 
     record, names, headers = by_name["no key, a huge tombstone header"]
     assert (record.key(), record.value(), names[5:]) == (b"", None, ["error.cut"])
+
+
+STOP_TIME = 30  # seconds: what README ("Stopping") promises for SIGTERM
+
+
+def stop_in_time(worker: WorkerProcess) -> tuple[int | None, float]:
+    """SIGTERM; the exit status (None: still running after STOP_TIME, then killed), seconds."""
+    started = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    try:
+        status = worker.proc.wait(timeout=STOP_TIME)
+    except subprocess.TimeoutExpired:
+        worker.proc.kill()
+        worker.proc.wait()
+        status = None
+    return status, time.monotonic() - started
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+@pytest.mark.attack(
+    "the dead-letter topic refuses the dead letters (max.message.bytes=100); then SIGTERM",
+    "at least once: resent, SIGTERM stops it within 30 s (exit 0); exactly once: the worker "
+    "stops (exit 1); the record is dead-lettered after a restart",
+)
+def test_sigterm_stops_a_worker_whose_event_is_never_acknowledged(
+    guarantee: str, kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    deployment = Deployment(kafka_bootstrap, topic_name, tmp_path,
+                            STEPCARE_PROCESSING_GUARANTEE=guarantee)  # fmt: skip
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    tiny = NewTopic(deployment.dead_letters, Deployment.PARTITIONS, 1,
+                    config={"max.message.bytes": "100"})  # fmt: skip
+    admin.create_topics([tiny])[deployment.dead_letters].result(30)
+    worker = deployment.worker("first")
+    try:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+        producer.produce(deployment.input, key=b"p-stuck", value=b"not avro", partition=1)
+        assert producer.flush(30) == 0
+        log = worker.log
+        deadline = time.monotonic() + 60
+        while b"dead letter: not-single-object-encoding" not in log.read_bytes():
+            assert time.monotonic() < deadline, worker.tail()
+            time.sleep(0.5)
+        time.sleep(3)  # the broker has refused it by now
+        assert read_topic(kafka_bootstrap, deployment.dead_letters) == []
+    finally:
+        # exactly_once: the worker stopped by itself (its transaction would commit the event's
+        # offset without the dead letter); at least once it sends it again until SIGTERM.
+        stopped = worker.proc.poll()
+        status, seconds = stop_in_time(worker)
+    if guarantee == "exactly_once":
+        assert (stopped, status) == (1, 1), (seconds, worker.tail())
+        assert b"the broker refused its" in worker.log.read_bytes()
+    else:
+        assert (stopped, status) == (None, 0), (seconds, worker.tail())
+
+    # Nothing lost: the record's offset was not committed; with the topic fixed it is dead-lettered.
+    fixed = ConfigResource("topic", deployment.dead_letters,
+                           set_config={"max.message.bytes": "1048588"})  # fmt: skip
+    for future in admin.alter_configs([fixed]).values():
+        future.result(30)
+    second = deployment.worker("second")
+    try:
+        dead = read_topic(kafka_bootstrap, deployment.dead_letters, expected=1, timeout=60)
+    finally:
+        assert second.stop() == 0
+    assert [(r.key(), r.value(), dict(r.headers())["source.offset"]) for r in dead] == [
+        (b"p-stuck", b"not avro", b"0")
+    ]
