@@ -339,9 +339,14 @@ class Monitor:
         kind = obj.get("type") if obj.get("type") in EVENT_TYPES else "unreadable"
         try:
             event = event_from_json(obj)
-            key = message.key.decode() if message.key else ""
-        except (EventError, UnicodeDecodeError) as exc:
+        except EventError as exc:
             await self.dead_letter(message, kind, "invalid-event", str(exc))
+            return
+        try:
+            key = message.key.decode() if message.key else ""
+        except UnicodeDecodeError as exc:  # its message would quote a byte of the key
+            detail = f"the record key is not UTF-8 (byte {exc.start + 1})"
+            await self.dead_letter(message, kind, "invalid-event", detail)
             return
         if key != event.patient_id:
             detail = "the record key is not the event's patient_id (events of one patient "
@@ -376,7 +381,9 @@ class Monitor:
             log.exception("engine failed on partition %d offset %d", partition, message.offset)
             self.engines.pop(partition, None)  # its clock and timer index may be half-updated
             states.discard()
-            detail = f"{type(exc).__name__}: {exc}"
+            # Its type only: an exception's message can quote the data it failed on. The
+            # traceback is in the worker's log, at this partition and offset.
+            detail = f"{type(exc).__name__} in the engine (see the worker log)"
             await self.dead_letter(message, kind, "processing-error", detail)
             return
         if processed.escalations:
