@@ -328,3 +328,41 @@ def test_sigterm_stops_a_worker_whose_event_is_never_acknowledged(
     assert [(r.key(), r.value(), dict(r.headers())["source.offset"]) for r in dead] == [
         (b"p-stuck", b"not avro", b"0")
     ]
+
+
+# -- 9. dead letters cannot be spoofed ---------------------------------------------------------
+
+
+@pytest.mark.attack(
+    "a bad record carrying forged error.reason, error.detail, source.offset headers",
+    "the dead letter's first headers are the worker's true ones; the forged ones follow, "
+    "renamed original.*",
+)
+def test_forged_dead_letter_headers_are_renamed_behind_the_workers_own(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    forged = [("error.reason", b"none"), ("source.offset", b"999"), ("trace-id", b"t-1"),
+              ("error.detail", b"all fine"), ("source.topic", b"elsewhere")]  # fmt: skip
+    deployment = Deployment(kafka_bootstrap, topic_name, tmp_path)
+    worker = deployment.worker("worker")
+    try:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+        producer.produce(deployment.input, key=b"p-forged", value=b"{}", headers=forged,
+                         partition=2)  # fmt: skip
+        assert producer.flush(30) == 0
+        (dead,) = read_topic(kafka_bootstrap, deployment.dead_letters, expected=1)
+    finally:
+        assert worker.stop() == 0
+    assert (dead.key(), dead.value()) == (b"p-forged", b"{}")
+    assert dead.headers() == [
+        ("error.reason", b"not-single-object-encoding"),
+        ("error.detail", b"not Avro single-object encoding: 2 bytes, expected c301 first"),
+        ("source.topic", deployment.input.encode()),
+        ("source.partition", b"2"),
+        ("source.offset", b"0"),
+        ("original.error.reason", b"none"),
+        ("original.source.offset", b"999"),
+        ("trace-id", b"t-1"),
+        ("original.error.detail", b"all fine"),
+        ("original.source.topic", b"elsewhere"),
+    ]
