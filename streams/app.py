@@ -554,8 +554,11 @@ def dead_letter_record(
     does not fit, the biggest of them are left out, one at a time (the later first among equal
     sizes), until the rest fits, and ``error.cut`` says which and their sizes. The record stays
     in the input topic, at the offset the source.* headers give, until its retention ends.
+    A dead letter with neither key nor value gets the empty key.
     """
     theirs = [(ORIGINAL + n if n.startswith(OWN_HEADER_PREFIXES) else n, v) for n, v in headers]
+    if key is None and value is None:
+        key = b""  # Kafka clients need one of them (the input can have neither)
     if _record_size(key, value, [*own, *theirs]) <= limit:
         return key, value, [*own, *theirs]
     # Each part's share of the record's size (aiokafka's estimate is a sum of these), its
@@ -590,7 +593,7 @@ def dead_letter_record(
         out = [*own, ("error.cut", b"key, value and headers")]
         key = value = None
     if key is None and value is None:
-        key = b""  # Kafka clients need one of them (a record without key and value had b"")
+        key = b""
     return key, value, out
 
 

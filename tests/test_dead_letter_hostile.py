@@ -38,6 +38,14 @@ def test_the_workers_headers_come_first_and_forged_ones_are_renamed() -> None:
                        ("original.x", b"o")]  # fmt: skip
 
 
+@pytest.mark.attack("a record with neither key nor value", "dead-lettered with the empty key")
+def test_a_record_without_key_and_value_gets_the_empty_key() -> None:
+    # aiokafka refuses to send a record with neither: the agent crashed, the record was skipped
+    assert dead_letter_record(None, None, [("a", b"b")], OWN, LIMIT) == (
+        b"", None, [*OWN, ("a", b"b")],
+    )  # fmt: skip
+
+
 def test_a_record_that_fits_is_kept_whole() -> None:
     value = b"v" * 990_000  # the biggest survey the hostile suite sends
     assert dead_letter_record(b"p-1", value, [("a", b"b")], OWN, LIMIT) == (

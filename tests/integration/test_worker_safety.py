@@ -171,6 +171,7 @@ def oversized_records() -> list[tuple[str, bytes, bytes | None, list[tuple[str, 
         ("a huge header", b"p-big", b"not avro", [("a", b"x"), ("blob", b"h" * BIG), ("z", b"y")]),
         ("huge key, value and header", b"k" * BIG, b"v" * BIG, [("blob", b"h" * BIG)]),
         ("no key, a huge tombstone header", None, None, [("blob", b"h" * BIG)]),
+        ("neither key nor value", None, None, [("trace", b"t")]),
     ]
 
 
@@ -259,6 +260,9 @@ def test_a_bad_record_too_big_to_dead_letter_whole_is_dead_lettered_cut_to_fit(
 
     record, names, headers = by_name["no key, a huge tombstone header"]
     assert (record.key(), record.value(), names[5:]) == (b"", None, ["error.cut"])
+
+    record, names, headers = by_name["neither key nor value"]
+    assert (record.key(), record.value(), names[5:]) == (b"", None, ["trace"])
 
 
 STOP_TIME = 30  # seconds: what README ("Stopping") promises for SIGTERM
