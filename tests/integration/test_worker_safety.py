@@ -22,7 +22,13 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import KafkaError, Producer
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from streams.codec import encode_event
 from streams.events import DAY_MS, format_time
@@ -320,9 +326,10 @@ def test_sigterm_stops_a_worker_whose_event_is_never_acknowledged(
         assert (stopped, status) == (None, 0), (seconds, worker.tail())
 
     # Nothing lost: the record's offset was not committed; with the topic fixed it is dead-lettered.
-    fixed = ConfigResource("topic", deployment.dead_letters,
-                           set_config={"max.message.bytes": "1048588"})  # fmt: skip
-    for future in admin.alter_configs([fixed]).values():
+    entry = ConfigEntry("max.message.bytes", "1048588",
+                        incremental_operation=AlterConfigOpType.SET)  # fmt: skip
+    fixed = ConfigResource("topic", deployment.dead_letters, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([fixed]).values():
         future.result(30)
     second = deployment.worker("second")
     try:
