@@ -35,12 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from faust import streams as faust_streams
 from faust.exceptions import ConsistencyError
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.types import TP
 from faust.types.auth import CredentialsT
+from faust.web.drivers import aiohttp as faust_aiohttp
 from prometheus_client import REGISTRY
 
 from streams import faustfix
@@ -66,10 +68,16 @@ TABLE = "patients"
 _CLOCK_KEY = b"\x00clock/%d"
 CLOCK_SAVE = 3_600_000  # ms of event time between saves of a partition's clock
 LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
-# A dead letter's value is dropped above this size: with its headers it must stay under faust's
-# producer_max_request_size (1,000,000 bytes), though the broker takes input up to 1,048,588.
-DEAD_LETTER_MAX_VALUE = 990_000
+# A dead letter must fit in one produce request of the worker's producer (faust's
+# producer_max_request_size, 1,000,000 bytes), though the input topic can take bigger records
+# (the broker's default is 1,048,588, and a topic can allow more): see dead_letter_record.
+DEAD_LETTER_MARGIN = 1_000  # bytes kept below producer_max_request_size
+# Header names the worker writes on a dead letter; a producer's own headers in these name spaces
+# are renamed ORIGINAL + name, so that a subscriber cannot be fooled by forged ones.
+OWN_HEADER_PREFIXES = ("error.", "source.")
+ORIGINAL = "original."
 FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now are refused
+DAY = 86_400_000  # ms
 # at_least_once: events handled while earlier ones still wait for their outputs' acks (a bound
 # on memory and on the work a crash repeats), and the pause before outputs the broker failed
 # (after the producer's own retries) are sent again.
@@ -81,7 +89,7 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
     """The worker's Faust app, configured from ``settings``."""
     policy = policy or resolve_policy(settings.policy)
     faustfix.apply()  # faust 0.15.3 can lose an event waiting while a table recovers
-    app = faust.App(
+    app = App(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=_credentials(settings),
@@ -98,9 +106,18 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
         broker_commit_interval=1.0,
         web_enabled=True,
         web_host=settings.web_host,
+        web_bind=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # faust's own views (tables, router, stats, graph, /): off. MetricsOnlyWeb serves none
+        # of them whatever these say; they keep faust's log and its `app.conf` truthful.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
     )
+    app.stepcare_web = (settings.web_host, settings.web_port)
     events = app.topic(settings.input_topic, key_type=bytes, value_type=bytes)
     escalations = app.topic(settings.escalations_topic, key_type=bytes, value_type=bytes)
     dead_letters = app.topic(settings.dead_letter_topic, key_type=bytes, value_type=bytes)
@@ -178,6 +195,41 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
     return app
 
 
+class MetricsOnlyWeb(faust_aiohttp.Web):
+    """faust's aiohttp web server with none of faust's views, bound where the settings say.
+
+    faust 0.15.3 (``faust/web/base.py`` ``Web._enabled_blueprints``) mounts blueprints by
+    default: ``/table/<name>/<key>/`` serves any key of any table (here: any patient's state),
+    ``/router/`` the cluster's topology, ``/`` a status or statistics page, ``/graph/`` the
+    service tree. Each has an app setting, but faust's settings read environment variables
+    *over* the values given to ``faust.App`` (``APP_WEB_TABLES_ENABLED``, ``WEB_BIND``, ...;
+    ``faust/types/settings/base.py`` ``_init_settings``): so no blueprint at all here, and the
+    socket is bound to STEPCARE_WEB_HOST:STEPCARE_WEB_PORT, not to ``conf.web_bind`` (whose
+    default is 0.0.0.0). The worker's own pages (/metrics, /health, /ready) are added by
+    :func:`build` with ``app.page``.
+    """
+
+    default_blueprints = ()
+    production_blueprints = ()
+    debug_blueprints = ()
+    optional_blueprints = ()
+
+    def _new_transport_tcp(self) -> Any:
+        host, port = self.app.stepcare_web  # type: ignore[attr-defined]
+        return faust_aiohttp.TCPSite(
+            self._runner, host, port, ssl_context=self.app.conf.web_ssl_context
+        )
+
+
+class App(faust.App):
+    """faust's App, with the web server of :class:`MetricsOnlyWeb`."""
+
+    stepcare_web: tuple[str, int] = ("127.0.0.1", 6066)  # (host, port), set by build()
+
+    def _new_web(self) -> Any:  # faust 0.15.3: ``App.web`` is ``_new_web()``, cached
+        return MetricsOnlyWeb(self)
+
+
 class Monitor:
     """Applies each input record to its partition's engine and publishes what it decides."""
 
@@ -198,6 +250,8 @@ class Monitor:
         self.dead_letters = dead_letters
         self.wait_for_acks = settings.processing_guarantee == "at_least_once"
         self.live = settings.clock == "wall"
+        # ms; 0: no limit. Live only: a replay (clock=event) processes history of any age.
+        self.max_age = settings.max_event_age_days * DAY if self.live else 0
         self.engines: dict[int, PartitionEngine] = {}
         self.latest_event = 0  # ms
         self.saved_clock: dict[int, int] = {}  # partition -> the clock last written to the table
@@ -286,9 +340,14 @@ class Monitor:
         kind = obj.get("type") if obj.get("type") in EVENT_TYPES else "unreadable"
         try:
             event = event_from_json(obj)
-            key = message.key.decode() if message.key else ""
-        except (EventError, UnicodeDecodeError) as exc:
+        except EventError as exc:
             await self.dead_letter(message, kind, "invalid-event", str(exc))
+            return
+        try:
+            key = message.key.decode() if message.key else ""
+        except UnicodeDecodeError as exc:  # its message would quote a byte of the key
+            detail = f"the record key is not UTF-8 (byte {exc.start + 1})"
+            await self.dead_letter(message, kind, "invalid-event", detail)
             return
         if key != event.patient_id:
             detail = "the record key is not the event's patient_id (events of one patient "
@@ -299,6 +358,15 @@ class Monitor:
             # One event dated years ahead would move its partition's clock there for good and
             # fire every timer of its patients at once.
             detail = "occurred_at is more than a day ahead of the wall clock"
+            await self.dead_letter(message, kind, "invalid-event", detail)
+            return
+        if self.max_age and event.occurred_at < time.time_ns() // 1_000_000 - self.max_age:
+            # A survey dated decades back would make its patient's timers due at once, and one
+            # feed replaying old history would flood the schedulers with stale visit requests.
+            detail = (
+                f"occurred_at is more than {self.settings.max_event_age_days} days before the "
+                "wall clock (STEPCARE_MAX_EVENT_AGE_DAYS)"
+            )
             await self.dead_letter(message, kind, "invalid-event", detail)
             return
 
@@ -314,7 +382,9 @@ class Monitor:
             log.exception("engine failed on partition %d offset %d", partition, message.offset)
             self.engines.pop(partition, None)  # its clock and timer index may be half-updated
             states.discard()
-            detail = f"{type(exc).__name__}: {exc}"
+            # Its type only: an exception's message can quote the data it failed on. The
+            # traceback is in the worker's log, at this partition and offset.
+            detail = f"{type(exc).__name__} in the engine (see the worker log)"
             await self.dead_letter(message, kind, "processing-error", detail)
             return
         if processed.escalations:
@@ -374,6 +444,7 @@ class Monitor:
         value: bytes | None,
         headers: list[tuple[str, bytes]],
         timestamp: float | None = None,
+        confirm: bool = False,
     ) -> None:
         """Send a record caused by ``message``.
 
@@ -382,6 +453,8 @@ class Monitor:
         partition, the one that commits its offset and its table writes. (faust's
         ``topic.send`` would pick the transaction of the *destination* partition, which this
         worker does not consume: no transaction at all, so a crash would repeat the record.)
+        With ``confirm`` (dead letters, exactly_once), it waits for the broker's ack and stops
+        the worker if the broker refused the record.
         """
         if self.wait_for_acks:
             record = {"key": key, "value": value, "headers": headers, "timestamp": timestamp}
@@ -389,7 +462,7 @@ class Monitor:
             return
         app = self.table.app
         group = app.assignor.group_for_topic(message.topic)
-        await app.producer.send(
+        ack = await app.producer.send(
             topic.get_topic_name(),
             key,
             value,
@@ -398,29 +471,46 @@ class Monitor:
             headers,
             transactional_id=f"{app.conf.id}-{group}-{message.partition}",
         )
+        if confirm:
+            try:
+                await ack
+            except Exception as exc:
+                # The transaction would still commit the event's offset without the record
+                # (seen with a dead letter the topic refused): stop the worker instead, with
+                # the event not acknowledged; the next start handles it again.
+                log.critical(
+                    "partition %d offset %d: the broker refused its %s record (%s): the worker "
+                    "stops so that the event is not committed without it",
+                    message.partition, message.offset, topic.get_topic_name(), exc,
+                )  # fmt: skip
+                await app.crash(exc)
+                raise
 
     async def dead_letter(self, message: Any, kind: str, reason: str, detail: str) -> None:
-        self.metrics.count(self.metrics.events, kind, DEAD_LETTERED)
-        self.metrics.count(self.metrics.dead_letters, reason)
-        headers = list((message.headers or {}).items() if isinstance(message.headers, dict)
-                       else message.headers or [])  # fmt: skip
-        headers += [
+        headers = message.headers or []
+        own = [
             ("error.reason", reason.encode()),
             ("error.detail", detail.encode()),
             ("source.topic", message.topic.encode()),
             ("source.partition", str(message.partition).encode()),
             ("source.offset", str(message.offset).encode()),
         ]
+        limit = self.table.app.conf.producer_max_request_size - DEAD_LETTER_MARGIN
+        key, value, headers = dead_letter_record(
+            message.key,
+            message.value,
+            list(headers.items() if isinstance(headers, dict) else headers),
+            own,
+            limit,
+        )
         log.warning(
             "dead letter: %s (partition %d offset %d)", reason, message.partition, message.offset
         )
-        value = message.value
-        if value is not None and len(value) > DEAD_LETTER_MAX_VALUE:
-            # More than the producer sends (producer_max_request_size): the record stays in
-            # the input topic, which the source.* headers name.
-            headers.append(("error.value-dropped", str(len(value)).encode()))
-            value = None
-        await self._send(self.dead_letters, message, key=message.key, value=value, headers=headers)
+        await self._send(
+            self.dead_letters, message, key=key, value=value, headers=headers, confirm=True
+        )
+        self.metrics.count(self.metrics.events, kind, DEAD_LETTERED)
+        self.metrics.count(self.metrics.dead_letters, reason)
 
     def _load_engine(self, partition: int) -> PartitionEngine:
         """Rebuild a partition's engine from the table: its clock and its timer index."""
@@ -447,6 +537,102 @@ class Monitor:
             time.monotonic() - started,
         )
         return engine
+
+
+def dead_letter_record(
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes | None]],
+    own: list[tuple[str, bytes]],
+    limit: int,
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]:
+    """The dead letter of a record: (key, value, headers), at most ``limit`` bytes as sent.
+
+    Headers: ``own`` (the worker's error.* and source.*) first, then ``error.cut`` if anything
+    had to be cut, then the record's own headers in their order, those named error.* or
+    source.* renamed ``original.<name>``. The key, the value and the record's headers are kept
+    whole or not at all (a cut value would look like one the producer sent): when the whole
+    does not fit, the biggest of them are left out, one at a time (the later first among equal
+    sizes), until the rest fits, and ``error.cut`` says which and their sizes. The record stays
+    in the input topic, at the offset the source.* headers give, until its retention ends.
+    A dead letter with neither key nor value gets the empty key.
+    """
+    theirs = [(ORIGINAL + n if n.startswith(OWN_HEADER_PREFIXES) else n, v) for n, v in headers]
+    if key is None and value is None:
+        key = b""  # Kafka clients need one of them (the input can have neither)
+    if _record_size(key, value, [*own, *theirs]) <= limit:
+        return key, value, [*own, *theirs]
+    # Each part's share of the record's size (aiokafka's estimate is a sum of these), its
+    # position (-2: the key, -1: the value, n: header n) and its length in bytes.
+    parts: list[tuple[int, int, int]] = []  # the candidates to leave out
+    if key is not None:
+        parts.append((_field_size(key) - 1, -2, len(key)))  # a null key still takes 1 byte
+    if value is not None:
+        parts.append((_field_size(value) - 1, -1, len(value)))
+    for position, (name, data) in enumerate(theirs):
+        size = _field_size(name.encode()) + _field_size(data)
+        parts.append((size, position, len(name.encode()) + len(data or b"")))
+    excess = _record_size(key, value, [*own, *theirs]) - limit + CUT_RESERVE
+    dropped: list[tuple[int, int, int]] = []
+    for part in sorted(parts, key=lambda p: (-p[0], -p[1])):
+        if excess <= 0:
+            break
+        dropped.append(part)
+        excess -= part[0]
+    dropped.sort(key=lambda p: p[1])
+    gone = {position for _, position, _ in dropped}
+    key = None if -2 in gone else key
+    value = None if -1 in gone else value
+    kept = [header for position, header in enumerate(theirs) if position not in gone]
+    cut = [f"{'key' if p == -2 else 'value'} ({n} bytes)" for _, p, n in dropped if p < 0]
+    cut_headers = [(p + 1, n) for _, p, n in dropped if p >= 0]
+    if cut_headers:
+        size = sum(n for _, n in cut_headers)
+        cut.append(f"{_positions([p for p, _ in cut_headers], len(theirs))} ({size} bytes)")
+    out = [*own, ("error.cut", "; ".join(cut).encode()), *kept]
+    if _record_size(key, value, out) > limit:  # never, by the arithmetic above; but be sure
+        out = [*own, ("error.cut", b"key, value and headers")]
+        key = value = None
+    if key is None and value is None:
+        key = b""
+    return key, value, out
+
+
+CUT_RESERVE = 400  # bytes for the error.cut header (at most ~MAX_RANGES ranges of positions)
+MAX_RANGES = 8
+
+
+def _positions(numbers: list[int], total: int) -> str:
+    """``header 2 of 3``, ``headers 4-6000 of 6000``, ``headers 2, 5-9 of 10``, or a count."""
+    ranges: list[list[int]] = []
+    for n in numbers:
+        if ranges and ranges[-1][1] == n - 1:
+            ranges[-1][1] = n
+        else:
+            ranges.append([n, n])
+    noun = "header" if len(numbers) == 1 else "headers"
+    if len(ranges) > MAX_RANGES:
+        return f"{len(numbers)} {noun} of {total}"
+    listed = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
+    return f"{noun} {listed} of {total}"
+
+
+def _field_size(data: bytes | None) -> int:
+    """Bytes a key, value, header name or header value takes in a Kafka record (v2)."""
+    if data is None:
+        return 1
+    length = len(data)
+    varint = 1
+    zigzag = length << 1
+    while zigzag >= 0x80:
+        zigzag >>= 7
+        varint += 1
+    return varint + length
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, Any]]) -> int:
+    """What aiokafka's producer compares with its max_request_size for this record."""
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from streams.engine import Escalation
-from streams.events import EventError, attributes_of, format_time, parse_time
+from streams.events import EventError, attributes_of, format_time, parse_time, unknown_field
 
 SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
 RELEASED_DIR = SCHEMA_DIR / "released"
@@ -134,12 +134,12 @@ class RecordCodec:
             raise CodecError(
                 "not-single-object-encoding",
                 f"not Avro single-object encoding: {len(data)} bytes"
-                + ("" if len(data) < 2 else f" starting {bytes(data[:2]).hex()}, expected c301"),
+                + ("" if len(data) < 2 else ", expected c301 first"),
             )
         found = bytes(data[2:HEADER_SIZE])
         writer = self.writers.get(found)
         if writer is None:
-            raise CodecError("unknown-schema", f"unknown schema fingerprint 0x{found.hex()}")
+            raise CodecError("unknown-schema", "unknown schema fingerprint (bytes 3-10)")
         body = BytesIO(data)
         body.seek(HEADER_SIZE)
         try:
@@ -193,7 +193,7 @@ def event_record(obj: Any) -> dict[str, Any]:
     if type(obj) is not dict:
         raise EventError(f"an event is a JSON object, not {type(obj).__name__}")
     if not _EVENT_FIELDS.issuperset(obj):
-        raise EventError(f"unknown field {sorted(obj.keys() - _EVENT_FIELDS)[0]!r}")
+        raise EventError(unknown_field(obj, _EVENT_FIELDS, "field", "PatientEvent"))
     survey = obj.get("survey")
     if survey is not None:
         survey = _survey_record(survey)
@@ -213,15 +213,15 @@ def _survey_record(survey: Any) -> dict[str, Any]:
     if type(survey) is not dict:
         raise EventError("survey must be an object")
     if not _SURVEY_FIELDS.issuperset(survey):
-        raise EventError(f"unknown survey field {sorted(survey.keys() - _SURVEY_FIELDS)[0]!r}")
+        raise EventError(unknown_field(survey, _SURVEY_FIELDS, "survey field", "survey"))
     responses = survey.get("responses")
     if type(responses) is not dict:
         raise EventError("survey responses must be an object of item codes")
-    for item, value in responses.items():
+    for position, (item, value) in enumerate(responses.items(), 1):
         if type(item) is not str:
             raise EventError("survey item codes must be strings")
         if value is not None and (type(value) is not int or not _INT_MIN <= value <= _INT_MAX):
-            raise EventError(f"response to {item} must be an integer or null")
+            raise EventError(f"survey response {position} must be an integer or null")
     version = survey.get("version", "4")
     if type(version) is not str:
         raise EventError("survey version must be a string")

@@ -185,10 +185,10 @@ def event_from_json(obj: Any) -> PatientEvent:
     if type(obj) is not dict:
         raise EventError(f"an event is a JSON object, not {type(obj).__name__}")
     if not _FIELDS.issuperset(obj):
-        raise EventError(f"unknown field {sorted(obj.keys() - _FIELDS)[0]!r}")
+        raise EventError(unknown_field(obj, _FIELDS, "field", "PatientEvent"))
     kind = _TYPES.get(obj.get("type")) if type(obj.get("type")) is str else None
     if kind is None:
-        raise EventError(f"unknown event type {obj.get('type')!r}")
+        raise EventError(f"unknown event type (type must be one of {', '.join(_TYPES)})")
     occurred_at = parse_time(obj.get("occurred_at"))
     if occurred_at >= MAX_EVENT_TIME:
         raise EventError("occurred_at is after the year 9899")
@@ -207,6 +207,14 @@ def event_from_json(obj: Any) -> PatientEvent:
     elif survey is not None:
         raise EventError(f"a {kind} event carries no survey")
     return PatientEvent(event_id, patient_id, occurred_at, kind, source, survey, attributes)
+
+
+def unknown_field(obj: dict, known: frozenset[str], noun: str, record: str) -> str:
+    """The message for an object with a field not in ``known``: its position, not its name
+    (a name is input, and could be anything: messages reach logs and dead-letter headers)."""
+    position = next(i for i, name in enumerate(obj, 1) if name not in known)
+    allowed = ", ".join(sorted(known))
+    return f"unknown {noun} at position {position} (not a {record} field: {allowed})"
 
 
 def attributes_of(obj: dict) -> dict[str, str]:
@@ -236,13 +244,13 @@ def _survey(obj: Any) -> Survey:
     if not isinstance(obj, dict):
         raise EventError("a SURVEY_SUBMITTED event needs a survey object")
     if not _SURVEY_FIELDS.issuperset(obj):
-        raise EventError(f"unknown survey field {sorted(obj.keys() - _SURVEY_FIELDS)[0]!r}")
+        raise EventError(unknown_field(obj, _SURVEY_FIELDS, "survey field", "survey"))
     instrument = obj.get("instrument")
     if instrument != "FACT-L":
-        raise EventError(f"survey instrument {instrument!r} is not FACT-L")
+        raise EventError("survey instrument is not FACT-L")
     version = obj.get("version", "4")
     if version != "4":
-        raise EventError(f"FACT-L version {version!r} is not supported (version 4 is)")
+        raise EventError("survey version is not supported (FACT-L version 4 is)")
     responses = obj.get("responses")
     if not isinstance(responses, dict):
         raise EventError("survey responses must be an object of item codes")

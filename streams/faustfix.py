@@ -2,8 +2,9 @@
 
 Call ``apply()`` once per process before the worker starts (before ``faust.App(...)`` is fine).
 It patches: the recovery race described below (every guarantee); five exactly_once defects
-(section "exactly_once" further down); and a start-up that fails while one broker is down
-(section "startup"). Each was found by a test in ``tests/integration`` on a real cluster.
+(section "exactly_once" further down); a stop (or rebalance) that waits for ever for an event
+that is never acknowledged (section "stopping"); and a start-up that fails while one broker is
+down (section "startup"). Each was found by a test in ``tests/integration`` on a real cluster.
 
 The bug: ``faust/tables/recovery.py`` ``Recovery.on_recovery_completed`` (and the no-table twin
 ``Recovery._resume_streams``) resumes the stream partitions *before* it awaits
@@ -47,7 +48,9 @@ backlog starts to flow.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from typing import Any, cast
 
 log = logging.getLogger(__name__)
@@ -267,6 +270,50 @@ async def _on_partitions_revoked(self: Any, revoked: Any) -> None:
             self._committed_offset.pop(tp, None)
 
 
+# --- stopping -----------------------------------------------------------------------------------
+
+#: Seconds a stopping worker (or a rebalance) waits for the events it is handling to be
+#: acknowledged; after that their offsets stay uncommitted and they are handled again later.
+STOP_WAIT = 15.0
+
+
+async def _bounded_wait_empty(self: Any) -> None:
+    """``Consumer.wait_empty`` from faust 0.15.3 that gives up after :data:`STOP_WAIT` seconds.
+
+    faust waits, on stop and on every rebalance (``App._consumer_wait_empty``), until every
+    message an agent took is acked, with no time limit. A message is never acked if its agent
+    crashed on it (faust's supervisor restarts the agent with the next message) or if its
+    outputs cannot be delivered (the broker refuses a dead letter: streams/app.py sends it again
+    every second): the worker then ignores SIGTERM for ever (found by
+    tests/integration/test_worker_safety.py). Giving up is safe: only acked offsets are
+    committed, so the events not acked are delivered again, to this worker or another.
+    """
+    from faust.utils.tracing import traced_from_parent_span
+
+    deadline = time.monotonic() + STOP_WAIT
+    wait_count = 0
+    T = traced_from_parent_span()
+    while not self.should_stop and self._unacked_messages:
+        if time.monotonic() >= deadline:
+            self.log.warning(
+                "wait_empty: %d events still not acknowledged after %.0f s: not waiting any "
+                "longer (their offsets stay uncommitted; they are processed again)",
+                len(self._unacked_messages),
+                STOP_WAIT,
+            )
+            break
+        wait_count += 1
+        if not wait_count % 10:
+            self.log.warning("wait_empty: waiting for %d events", len(self._unacked_messages))
+        gc.collect()
+        await T(self.commit)()
+        if not self._unacked_messages:
+            break
+        await T(self._wait_for_ack)(timeout=1)
+        self._clean_unacked_messages()
+    await T(self.commit_and_end_transactions)()
+
+
 # --- startup while a broker is down -----------------------------------------------------------
 
 
@@ -364,3 +411,4 @@ def _apply_exactly_once_fixes() -> None:
         _commit_and_end_transactions
     )
     Consumer.on_partitions_revoked = _on_partitions_revoked  # type: ignore[method-assign]
+    Consumer.wait_empty = _bounded_wait_empty  # type: ignore[method-assign]

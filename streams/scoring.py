@@ -158,9 +158,9 @@ _MIN_TOI = _min_answered(_N_TOI)  # 17 of 21
 def _checked(code: str, response: object) -> int:
     """A response that failed the fast check: accept an int subclass 0-4 (not bool), else raise."""
     if isinstance(response, bool) or not isinstance(response, int):
-        raise ScoringError(f"item {code}: response {response!r} is not a whole number 0-4 or None")
+        raise ScoringError(f"item {code}: the response is not a whole number 0-4 or None")
     if not 0 <= response <= 4:
-        raise ScoringError(f"item {code}: response {response!r} is outside 0-4")
+        raise ScoringError(f"item {code}: the response is outside 0-4")
     return int(response)
 
 
@@ -180,7 +180,8 @@ def score_fact_l(responses: Mapping[str, int | None]) -> FactLScore:
     for code, response in responses.items():
         entry = get(code)
         if entry is None:
-            raise ScoringError(f"unknown item code {code!r}")
+            position = list(responses).index(code) + 1  # the code is input: not repeated
+            raise ScoringError(f"unknown item code at position {position} of the responses")
         if response is None:
             continue
         if type(response) is not int or not 0 <= response <= 4:

@@ -105,6 +105,12 @@ class Settings:
         "event: only event time moves the clock (replay).",
     )
     tick_interval: int = _setting(60, "Seconds between wall-clock ticks (clock=wall).", (1, 86_400))
+    max_event_age_days: int = _setting(
+        365,
+        "clock=wall: events dated more than this many days before the wall clock go to the "
+        "dead-letter topic (invalid-event); 0 = no limit. Not applied with clock=event (replays).",
+        (0, 36_500),
+    )
     policy: str = _setting(
         "step-pc-2024", "Policy: a built-in name (step-pc-2024, early-pc) or a TOML file."
     )

@@ -108,7 +108,7 @@ def test_bad_lines_are_reported_with_their_number_and_the_run_goes_on(
     assert lines[:3] == [
         "line 2: not JSON: invalid literal, expected 'null' (column 1)",
         "line 3: timestamp is not RFC 3339 (e.g. 2024-03-01T09:30:00Z)",
-        "line 4: item GP1: response 7 is outside 0-4",
+        "line 4: item GP1: the response is outside 0-4",
     ]
     assert "2 events" in lines[3] and "3 rejected" in lines[3]
 

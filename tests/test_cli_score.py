@@ -68,9 +68,9 @@ def test_a_pretty_printed_json_document_from_stdin(
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        ('{"GP1": 5}', "line 1: item GP1: response 5 is outside 0-4"),
-        ('{"GP1": 1}\n{"GP1": true}', "line 2: item GP1: response True is not a whole number"),
-        ('{"GP1": 1}\n{"XX9": 1}', "line 2: unknown item code 'XX9'"),
+        ('{"GP1": 5}', "line 1: item GP1: the response is outside 0-4"),
+        ('{"GP1": 1}\n{"GP1": true}', "line 2: item GP1: the response is not a whole number"),
+        ('{"GP1": 1}\n{"XX9": 1}', "line 2: unknown item code at position 1 of the responses"),
         ('{"GP1": 1}\n{"GP1": 1', "line 2: not JSON"),
         (
             '{"event_id": "e-1", "type": "ENROLLED"}',

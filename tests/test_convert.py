@@ -82,8 +82,8 @@ def test_rejects_are_reported_by_record_number_and_skipped(
     assert convert("--input", str(source), "--output", str(out)) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("record 2: not JSON")
-    assert err[1] == "record 3: unknown event type 'NOPE'"
-    assert err[2].startswith("record 5: item GP1: response 7")
+    assert err[1].startswith("record 3: unknown event type (type must be one of SURVEY_SUBMITTED, ")
+    assert err[2] == "record 5: item GP1: the response is outside 0-4"
     assert err[3].startswith("converted 2 records (jsonl -> avro)")
     assert err[3].endswith(", 3 rejected")
     events = [item for _, item in read_events(str(out))]

@@ -233,5 +233,5 @@ def test_a_rejected_line_of_the_patient_is_part_of_the_story(
     assert status == 0 and err == ""
     (line,) = [line for line in out.splitlines() if "Rejected input" in line]
     assert line.startswith("2024-04-20 09:00  Rejected input (line 25)")
-    assert "unknown event type 'VISIT_BOOKED'" in line
+    assert "unknown event type (type must be one of" in line
     assert "1 rejected line(s) of the log named no patient or another patient" in out

@@ -121,6 +121,7 @@ def test_apply_patches_faust_once() -> None:
     assert AIOKafkaConsumerThread._highwaters is faustfix._highwaters
     assert Consumer.on_partitions_revoked is faustfix._on_partitions_revoked
     assert Consumer.commit_and_end_transactions is faustfix._commit_and_end_transactions
+    assert Consumer.wait_empty is faustfix._bounded_wait_empty
     ours = "_flushing_exclusive_commit.<locals>.force_commit"
     assert Consumer.force_commit.__qualname__ == ours
     assert Consumer.force_commit.__wrapped__.__qualname__ != ours  # not wrapped twice

@@ -357,17 +357,20 @@ def test_b5_and_l5_alone_count_as_nothing_answered() -> None:
 @pytest.mark.parametrize(
     ("responses", "message"),
     [
-        ({"GP1": 5}, "item GP1: response 5 is outside 0-4"),
-        ({"GE3": -1}, "item GE3: response -1 is outside 0-4"),
-        ({"B5": 5}, "item B5: response 5 is outside 0-4"),
-        ({"L4": 2.5}, "item L4: response 2.5 is not a whole number 0-4 or None"),
-        ({"GS2": 2.0}, "item GS2: response 2.0 is not a whole number 0-4 or None"),
-        ({"GF7": True}, "item GF7: response True is not a whole number 0-4 or None"),
-        ({"L5": False}, "item L5: response False is not a whole number 0-4 or None"),
-        ({"C6": "3"}, "item C6: response '3' is not a whole number 0-4 or None"),
-        ({"XX9": 3}, "unknown item code 'XX9'"),
-        ({"XX9": None}, "unknown item code 'XX9'"),
-        ({**dict.fromkeys(SCORED, 2), "GP8": 2}, "unknown item code 'GP8'"),
+        ({"GP1": 5}, "item GP1: the response is outside 0-4"),
+        ({"GE3": -1}, "item GE3: the response is outside 0-4"),
+        ({"B5": 5}, "item B5: the response is outside 0-4"),
+        ({"L4": 2.5}, "item L4: the response is not a whole number 0-4 or None"),
+        ({"GS2": 2.0}, "item GS2: the response is not a whole number 0-4 or None"),
+        ({"GF7": True}, "item GF7: the response is not a whole number 0-4 or None"),
+        ({"L5": False}, "item L5: the response is not a whole number 0-4 or None"),
+        ({"C6": "3"}, "item C6: the response is not a whole number 0-4 or None"),
+        ({"XX9": 3}, "unknown item code at position 1 of the responses"),
+        ({"GP1": 1, "XX9": None}, "unknown item code at position 2 of the responses"),
+        (
+            {**dict.fromkeys(SCORED, 2), "GP8": 2},
+            f"unknown item code at position {len(SCORED) + 1} of the responses",
+        ),
     ],
 )
 def test_invalid_input_raises_naming_the_item(responses: dict[str, object], message: str) -> None:
@@ -435,5 +438,5 @@ def test_complete_form_subscales_are_plain_sums(form: dict[str, int]) -> None:
     st.one_of(st.integers(max_value=-1), st.integers(min_value=5)),
 )
 def test_any_integer_outside_0_to_4_is_refused(code: str, response: int) -> None:
-    with pytest.raises(ScoringError, match=f"^item {code}: response {response} is outside 0-4$"):
+    with pytest.raises(ScoringError, match=f"^item {code}: the response is outside 0-4$"):
         score_fact_l({code: response})

@@ -47,11 +47,17 @@ def test_every_setting_is_documented() -> None:
         ("STEPCARE_STORE", "redis://", "STEPCARE_STORE='redis://': expected rocksdb://"),
         ("STEPCARE_PARTITIONS", "0", "STEPCARE_PARTITIONS=0: expected 1-10000"),
         ("STEPCARE_WEB_PORT", "70000", "STEPCARE_WEB_PORT=70000: expected 1-65535"),
+        ("STEPCARE_MAX_EVENT_AGE_DAYS", "-1", "STEPCARE_MAX_EVENT_AGE_DAYS=-1: must be >= 0"),
     ],
 )
 def test_worker_settings_are_checked_when_read(variable: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError, match=re.escape(message)):
         Settings.from_env({variable: value})
+
+
+def test_the_live_event_age_limit_defaults_to_a_year_and_0_lifts_it() -> None:
+    assert Settings().max_event_age_days == 365
+    assert Settings.from_env({"STEPCARE_MAX_EVENT_AGE_DAYS": "0"}).max_event_age_days == 0
 
 
 def test_client_config_carries_tls_and_sasl(tmp_path: Path) -> None:

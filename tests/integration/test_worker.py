@@ -15,7 +15,7 @@ from confluent_kafka import Producer
 
 from streams.codec import encode_event
 from streams.demo import demo_cohort
-from streams.events import DAY_MS, format_time, parse_time
+from streams.events import DAY_MS, EventType, format_time, parse_time
 from streams.policy import builtin_policy
 from streams.replay import replay
 from tests.integration.workers import REPO, Deployment, read_topic
@@ -132,11 +132,12 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_processed(
     bad: list[tuple[bytes, bytes, str, str]] = [  # key, value, reason, a phrase of the detail
         (b"p-bad-1", bytes(range(256))[::7], "not-single-object-encoding", "expected c301"),
         (b"p-bad-1", soe_with_unknown_fingerprint(), "unknown-schema", "fingerprint"),
-        (b"p-bad-2", encode_event(survey_with({"GP1": 7}, "p-bad-2", "b2")), "invalid-event", "7"),
+        (b"p-bad-2", encode_event(survey_with({"GP1": 7}, "p-bad-2", "b2")), "invalid-event",
+         "item GP1: the response is outside 0-4"),
         (b"p-bad-3", encode_event(survey_with({"XX9": 1}, "p-bad-3", "b3")), "invalid-event",
-         "XX9"),
+         "unknown item code at position 1"),
         (b"p-bad-4", encode_event({**enrolled("p-bad-4", "b4"), "type": "ADMITTED_TO_MARS"}),
-         "invalid-event", "ADMITTED_TO_MARS"),
+         "invalid-event", "unknown event type"),
         (b"", encode_event(enrolled("", "b5")), "invalid-event", "patient_id"),
     ]  # fmt: skip
     deployment = Deployment(kafka_bootstrap, topic_name, tmp_path)
@@ -177,6 +178,15 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_processed(
         assert int(headers["source.partition"]) in range(Deployment.PARTITIONS)
         assert int(headers["source.offset"]) >= 0
     assert Counter(received) == Counter(expected)
+    details = {
+        dict(r.headers())["error.detail"]
+        for r in dead
+        if r.key() in (b"p-bad-2", b"p-bad-3", b"p-bad-4")
+    }
+    assert details == {b"item GP1: the response is outside 0-4",  # the field and the rule,
+                       b"unknown item code at position 1 of the responses",  # not the value
+                       b"unknown event type (type must be one of " + b", ".join(
+                           t.value.encode() for t in EventType) + b")"}  # fmt: skip
 
 
 def test_the_wall_clock_fires_timers_when_no_event_comes(
