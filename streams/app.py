@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from faust import streams as faust_streams
 from faust.exceptions import ConsistencyError
@@ -53,6 +52,7 @@ from streams.codec import (
     encode_escalation,
     encode_event,
 )
+from streams.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, error_headers
 from streams.engine import Escalation, PatientState
 from streams.events import EventError, EventType, event_from_json, format_time
 from streams.metrics import DEAD_LETTERED, EVENT_TYPES, Census, WorkerMetrics
@@ -68,14 +68,6 @@ TABLE = "patients"
 _CLOCK_KEY = b"\x00clock/%d"
 CLOCK_SAVE = 3_600_000  # ms of event time between saves of a partition's clock
 LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
-# A dead letter must fit in one produce request of the worker's producer (faust's
-# producer_max_request_size, 1,000,000 bytes), though the input topic can take bigger records
-# (the broker's default is 1,048,588, and a topic can allow more): see dead_letter_record.
-DEAD_LETTER_MARGIN = 1_000  # bytes kept below producer_max_request_size
-# Header names the worker writes on a dead letter; a producer's own headers in these name spaces
-# are renamed ORIGINAL + name, so that a subscriber cannot be fooled by forged ones.
-OWN_HEADER_PREFIXES = ("error.", "source.")
-ORIGINAL = "original."
 FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now are refused
 DAY = 86_400_000  # ms
 # at_least_once: events handled while earlier ones still wait for their outputs' acks (a bound
@@ -488,13 +480,7 @@ class Monitor:
 
     async def dead_letter(self, message: Any, kind: str, reason: str, detail: str) -> None:
         headers = message.headers or []
-        own = [
-            ("error.reason", reason.encode()),
-            ("error.detail", detail.encode()),
-            ("source.topic", message.topic.encode()),
-            ("source.partition", str(message.partition).encode()),
-            ("source.offset", str(message.offset).encode()),
-        ]
+        own = error_headers(reason, detail, message.topic, message.partition, message.offset)
         limit = self.table.app.conf.producer_max_request_size - DEAD_LETTER_MARGIN
         key, value, headers = dead_letter_record(
             message.key,
@@ -537,102 +523,6 @@ class Monitor:
             time.monotonic() - started,
         )
         return engine
-
-
-def dead_letter_record(
-    key: bytes | None,
-    value: bytes | None,
-    headers: list[tuple[str, bytes | None]],
-    own: list[tuple[str, bytes]],
-    limit: int,
-) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]:
-    """The dead letter of a record: (key, value, headers), at most ``limit`` bytes as sent.
-
-    Headers: ``own`` (the worker's error.* and source.*) first, then ``error.cut`` if anything
-    had to be cut, then the record's own headers in their order, those named error.* or
-    source.* renamed ``original.<name>``. The key, the value and the record's headers are kept
-    whole or not at all (a cut value would look like one the producer sent): when the whole
-    does not fit, the biggest of them are left out, one at a time (the later first among equal
-    sizes), until the rest fits, and ``error.cut`` says which and their sizes. The record stays
-    in the input topic, at the offset the source.* headers give, until its retention ends.
-    A dead letter with neither key nor value gets the empty key.
-    """
-    theirs = [(ORIGINAL + n if n.startswith(OWN_HEADER_PREFIXES) else n, v) for n, v in headers]
-    if key is None and value is None:
-        key = b""  # Kafka clients need one of them (the input can have neither)
-    if _record_size(key, value, [*own, *theirs]) <= limit:
-        return key, value, [*own, *theirs]
-    # Each part's share of the record's size (aiokafka's estimate is a sum of these), its
-    # position (-2: the key, -1: the value, n: header n) and its length in bytes.
-    parts: list[tuple[int, int, int]] = []  # the candidates to leave out
-    if key is not None:
-        parts.append((_field_size(key) - 1, -2, len(key)))  # a null key still takes 1 byte
-    if value is not None:
-        parts.append((_field_size(value) - 1, -1, len(value)))
-    for position, (name, data) in enumerate(theirs):
-        size = _field_size(name.encode()) + _field_size(data)
-        parts.append((size, position, len(name.encode()) + len(data or b"")))
-    excess = _record_size(key, value, [*own, *theirs]) - limit + CUT_RESERVE
-    dropped: list[tuple[int, int, int]] = []
-    for part in sorted(parts, key=lambda p: (-p[0], -p[1])):
-        if excess <= 0:
-            break
-        dropped.append(part)
-        excess -= part[0]
-    dropped.sort(key=lambda p: p[1])
-    gone = {position for _, position, _ in dropped}
-    key = None if -2 in gone else key
-    value = None if -1 in gone else value
-    kept = [header for position, header in enumerate(theirs) if position not in gone]
-    cut = [f"{'key' if p == -2 else 'value'} ({n} bytes)" for _, p, n in dropped if p < 0]
-    cut_headers = [(p + 1, n) for _, p, n in dropped if p >= 0]
-    if cut_headers:
-        size = sum(n for _, n in cut_headers)
-        cut.append(f"{_positions([p for p, _ in cut_headers], len(theirs))} ({size} bytes)")
-    out = [*own, ("error.cut", "; ".join(cut).encode()), *kept]
-    if _record_size(key, value, out) > limit:  # never, by the arithmetic above; but be sure
-        out = [*own, ("error.cut", b"key, value and headers")]
-        key = value = None
-    if key is None and value is None:
-        key = b""
-    return key, value, out
-
-
-CUT_RESERVE = 400  # bytes for the error.cut header (at most ~MAX_RANGES ranges of positions)
-MAX_RANGES = 8
-
-
-def _positions(numbers: list[int], total: int) -> str:
-    """``header 2 of 3``, ``headers 4-6000 of 6000``, ``headers 2, 5-9 of 10``, or a count."""
-    ranges: list[list[int]] = []
-    for n in numbers:
-        if ranges and ranges[-1][1] == n - 1:
-            ranges[-1][1] = n
-        else:
-            ranges.append([n, n])
-    noun = "header" if len(numbers) == 1 else "headers"
-    if len(ranges) > MAX_RANGES:
-        return f"{len(numbers)} {noun} of {total}"
-    listed = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ranges)
-    return f"{noun} {listed} of {total}"
-
-
-def _field_size(data: bytes | None) -> int:
-    """Bytes a key, value, header name or header value takes in a Kafka record (v2)."""
-    if data is None:
-        return 1
-    length = len(data)
-    varint = 1
-    zigzag = length << 1
-    while zigzag >= 0x80:
-        zigzag >>= 7
-        varint += 1
-    return varint + length
-
-
-def _record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, Any]]) -> int:
-    """What aiokafka's producer compares with its max_request_size for this record."""
-    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
 
 
 @dataclass

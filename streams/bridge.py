@@ -70,6 +70,8 @@ from typing import IO, Any
 
 import orjson
 
+from streams.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, error_headers
+
 # The live bridges' topics. Those the worker shares (its input, its dead letters, its
 # escalations) default to the worker's settings, whose defaults are the names of DESIGN §2.
 FHIR_RESPONSES_TOPIC = "stepcare.fhir.questionnaire-responses.v1"
@@ -648,6 +650,10 @@ class LiveBridge:
         self.name, self.convert = name, convert
         self.source, self.target, self.dead_letters = source, target, dead_letters
         self.consumer_config, self.producer_config = consumer_config, producer_config
+        # librdkafka refuses a record above message.max.bytes: a dead letter always fits under it.
+        self.dead_letter_limit = (
+            int(producer_config.get("message.max.bytes", 1_000_000)) - DEAD_LETTER_MARGIN
+        )
         self.max_messages, self.idle_timeout = max_messages, idle_timeout
         self.report_every = report_every
         self.err = sys.stderr if err is None else err
@@ -745,9 +751,13 @@ class LiveBridge:
                     f"bridge {self.name}: dead letter: {result.reason} "
                     f"(partition {record.partition()} offset {record.offset()})"
                 )
+                own = error_headers(result.reason, result.detail, record.topic(),
+                                    record.partition(), record.offset())  # fmt: skip
+                key, value, dead_headers = dead_letter_record(
+                    record.key(), record.value(), list(headers), own, self.dead_letter_limit
+                )
                 _produce(
-                    producer, self.dead_letters, key=record.key(), value=record.value(),
-                    headers=[*headers, *_error_headers(result, record)],
+                    producer, self.dead_letters, key=key, value=value, headers=dead_headers,
                     on_delivery=lambda e, m: delivered("dead", e, m),
                 )  # fmt: skip
             else:
@@ -782,16 +792,6 @@ class LiveBridge:
 
     def _say(self, line: str) -> None:
         print(line, file=self.err, flush=True)
-
-
-def _error_headers(error: AdapterError, record: Any) -> list[tuple[str, bytes]]:
-    return [
-        ("error.reason", error.reason.encode()),
-        ("error.detail", error.detail.encode()),
-        ("source.topic", record.topic().encode()),
-        ("source.partition", str(record.partition()).encode()),
-        ("source.offset", str(record.offset()).encode()),
-    ]
 
 
 def _produce(producer: Any, topic: str, **kwargs: Any) -> None:

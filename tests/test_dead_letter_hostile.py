@@ -1,4 +1,4 @@
-"""Dead letters (streams/app.py ``dead_letter_record``) and the messages that fill their
+"""Dead letters (streams/deadletter.py ``dead_letter_record``) and the messages that fill their
 ``error.detail``: what a hostile or broken producer can make of them (issue 12, points 2 and 9).
 """
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from streams.app import _record_size, dead_letter_record
 from streams.codec import CodecError, decode_event, encode_event
+from streams.deadletter import _record_size, dead_letter_record
 from streams.events import EventError, event_from_json
 from streams.scoring import ScoringError, score_fact_l
 

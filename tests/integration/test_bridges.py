@@ -383,8 +383,8 @@ def test_a_bridge_without_the_pseudonym_secret_stops_at_once(
 
 
 class FakeRecord:
-    def __init__(self, offset: int, value: bytes | None) -> None:
-        self._offset, self._value = offset, value
+    def __init__(self, offset: int, value: bytes | None, key: bytes = b"MRN-1") -> None:
+        self._offset, self._value, self._key = offset, value, key
 
     def error(self) -> None:
         return None
@@ -399,7 +399,7 @@ class FakeRecord:
         return self._offset
 
     def key(self) -> bytes:
-        return b"MRN-1"
+        return self._key
 
     def value(self) -> bytes | None:
         return self._value
@@ -506,7 +506,11 @@ def test_a_batch_is_committed_after_its_records_are_acknowledged(
         b"not-json",
         b"fhir-invalid",
     ]
-    assert all(d["key"] == b"MRN-1" and d["headers"][0] == ("origin", b"portal") for d in dead)
+    # stepcare's own headers first (streams/deadletter.py), then the record's
+    assert all(d["key"] == b"MRN-1" and d["headers"][5] == ("origin", b"portal") for d in dead)
+    assert [[name for name, _ in d["headers"][:5]] for d in dead] == [
+        ["error.reason", "error.detail", "source.topic", "source.partition", "source.offset"]
+    ] * 3
     assert bridge.summary().startswith("bridge fhir-in: 4 read, 1 written to out, 3 dead-lettered")
 
 
@@ -538,3 +542,38 @@ def test_a_defect_of_an_adapter_is_a_dead_letter_not_a_crash(
     assert topic == "dlq" and headers["error.reason"] == b"processing-error"
     assert headers["error.detail"] == b"KeyError in the adapter"
     assert "MRN-1" not in bridge.err.getvalue()  # type: ignore[attr-defined]
+
+
+@pytest.mark.attack(
+    "a record for a live bridge with a 1.2 MB key and a forged error.reason header",
+    "dead letter fits the producer (error.cut names the key), own headers first, forged renamed",
+)
+def test_a_dead_letter_of_a_bridge_always_fits_and_cannot_be_forged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import confluent_kafka
+
+    from streams.deadletter import _record_size
+
+    record = FakeRecord(0, b"[1]", key=b"k" * 1_200_000)
+    record.headers = lambda: [("error.reason", b"none")]  # type: ignore[method-assign]
+    consumer, producer = FakeConsumer([]), FakeProducer()
+    consumer.pending = [record]
+    monkeypatch.setattr(confluent_kafka, "Consumer", lambda config: consumer)
+    monkeypatch.setattr(confluent_kafka, "Producer", lambda config: producer)
+    bridge = LiveBridge(
+        "fhir-in", lambda value, headers: fhir_in_record(value, Pseudonymizer(SECRET)),
+        source="in", target="out", dead_letters="dlq", consumer_config={},
+        producer_config={}, idle_timeout=0.01, err=io.StringIO(),
+    )  # fmt: skip
+    assert bridge.run() == 0 and consumer.commits == [[("in", 0, 1)]]
+    ((topic, dead),) = producer.acked
+    headers = dead["headers"]
+    assert topic == "dlq" and dead["key"] is None and dead["value"] == b"[1]"
+    assert headers[0] == ("error.reason", b"fhir-invalid")
+    assert ("error.cut", b"key (1200000 bytes)") in headers
+    assert headers[-1] == ("original.error.reason", b"none")
+    assert [h for h in headers if h[0].startswith("source.")] == [
+        ("source.topic", b"in"), ("source.partition", b"0"), ("source.offset", b"0")
+    ]  # fmt: skip
+    assert _record_size(dead["key"], dead["value"], headers) <= bridge.dead_letter_limit
