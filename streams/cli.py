@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import importlib.util
 import json
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from streams import broker
-from streams.codec import AvroLogLines, CodecError, is_avro_container
 from streams.events import EventError, parse_time
+from streams.files import FileError, open_text_output, read_events, refuse_same_file, stdout_error
 from streams.policy import PolicyError, resolve_policy
-from streams.replay import RejectedLine, replay
+from streams.replay import RejectedLine, replay_events
 from streams.scoring import ScoringError, score_fact_l
 from streams.settings import KAFKA_VERSIONS, Settings, SettingsError
 from streams.topics import TopicError
@@ -38,6 +39,9 @@ ANALYSIS_COMMANDS = {
 }
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EPIPE}
+
+
 class UsageError(Exception):
     """Bad input from the user: reported as one line, exit status 2."""
 
@@ -47,9 +51,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-        return int(args.handler(args, settings) or 0)
+        status = int(args.handler(args, settings) or 0)
+        try:
+            sys.stdout.flush()  # a full disk under stdout is reported here, not at exit
+        except OSError as exc:
+            raise stdout_error(exc) from None
+        return status
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"stepcare: {stdout_error(exc)}", file=sys.stderr)  # print() to a full stdout
+        return EXIT_USAGE
     except (
         UsageError,
+        FileError,
         SettingsError,
         PolicyError,
         RejectedLine,
@@ -244,25 +259,14 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         until = None if args.until is None else parse_time(args.until)
     except EventError as exc:
         raise UsageError(f"--until: {exc}") from None
-    source = _open_input(args.input)
-    try:
-        output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
-    except OSError as exc:
-        raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
-    try:
-        with source:
-            progress = Progress()
-            summary, engine = replay(
-                source, policy, output, until=until, strict=args.strict, progress=progress
-            )
-            progress.clear()
-    except CodecError as exc:  # a corrupt Avro container
-        raise UsageError(f"{args.input}: {exc}") from None
-    finally:
-        if output is not sys.stdout:
-            output.close()
-        else:
-            output.flush()
+    refuse_same_file([args.input], [args.output])
+    events = read_events(args.input)  # the input opens before any output is made
+    with open_text_output(args.output or "-") as output:
+        progress = Progress()
+        summary, engine = replay_events(
+            events, policy, output, until=until, strict=args.strict, progress=progress
+        )
+        progress.clear()
     _err(summary.text(patients=len(engine.states)))
     return 0
 
@@ -289,22 +293,6 @@ class Progress:
     def clear(self) -> None:
         if getattr(self, "drawn", False):
             print("\r\033[K", end="", file=sys.stderr, flush=True)
-
-
-def _open_input(name: str):
-    """stdin, a JSONL file, or an Avro container file read as JSONL (detected by content)."""
-    if name == "-":
-        if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8: a rejected line
-            sys.stdin.reconfigure(errors="surrogateescape")
-        return sys.stdin
-    try:
-        with open(name, "rb") as probe:
-            avro = is_avro_container(probe)
-        if avro:
-            return AvroLogLines(name)
-        return open(name, encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
 
 
 def _publish(args: argparse.Namespace, settings: Settings) -> int:
