@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import IO, Any
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streams.codec import encode_event
