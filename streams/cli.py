@@ -13,16 +13,28 @@ import importlib
 import importlib.util
 import json
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from streams import broker
 from streams.events import EventError, parse_time
-from streams.files import FileError, open_text_output, read_events, refuse_same_file, stdout_error
+from streams.files import (
+    Document,
+    FileError,
+    document_or_lines,
+    open_input,
+    open_output,
+    open_text_output,
+    read_events,
+    refuse_same_file,
+    stdout_error,
+)
 from streams.policy import PolicyError, resolve_policy
 from streams.replay import RejectedLine, replay_events
 from streams.scoring import ScoringError, score_fact_l
@@ -240,16 +252,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
-    text = _read_input(args.file)
-    # Score everything before writing anything: a bad object leaves stdout empty.
-    lines = []
-    for where, obj in _json_objects(text):
-        try:
-            scores = score_fact_l(_responses_of(obj))
-        except ScoringError as exc:
-            raise UsageError(f"{where}: {exc}") from None
-        lines.append(json.dumps(scores.as_dict()))
-    sys.stdout.write("".join(line + "\n" for line in lines))
+    # Score everything before writing anything: a bad object leaves stdout empty. The scores
+    # wait in a temporary file, so memory does not grow with the input.
+    source = open_input(args.file)
+    try:
+        with tempfile.TemporaryFile() as spool:
+            found = document_or_lines(source, _json_document)
+            if isinstance(found, Document):
+                where = f"line {found.line}" if found.one_line else "input"
+                objects: Iterable[tuple[str, Any]] = [(where, found.value)]
+            else:
+                objects = _json_objects(args.file, found)
+            for where, obj in objects:
+                try:
+                    scores = score_fact_l(_responses_of(obj))
+                except ScoringError as exc:
+                    raise UsageError(f"{where}: {exc}") from None
+                spool.write(json.dumps(scores.as_dict()).encode() + b"\n")
+            spool.seek(0)
+            with open_output("-") as out:
+                shutil.copyfileobj(spool, out)
+    except OSError as exc:  # reading the input (writing stdout is reported by open_output)
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    finally:
+        if args.file != "-":
+            source.close()
     return 0
 
 
@@ -304,30 +331,19 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(str(exc)) from None
 
 
-def _read_input(name: str) -> str:
-    if name == "-":
-        try:
-            return sys.stdin.read()
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"cannot read stdin: {exc}") from None
-    try:
-        return Path(name).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {name}: {exc}") from None
+def _json_document(data: bytes) -> Any:
+    return json.loads(data.decode("utf-8"))
 
 
-def _json_objects(text: str) -> Iterator[tuple[str, Any]]:
-    """("input" or "line N", object) for a single JSON document, or for each line of JSONL."""
-    try:
-        whole = json.loads(text)
-    except (ValueError, RecursionError):  # not one document (or too deep, or a huge number)
-        pass
-    else:
-        yield ("line 1" if len(text.strip().splitlines()) == 1 else "input"), whole
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+def _json_objects(name: str, lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[str, Any]]:
+    """("line N", object) for each non-blank line of JSONL (lines end at ``\\n`` only)."""
+    for number, raw in lines:
+        if not raw.strip():
             continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"cannot read {name}: line {number} is not UTF-8 text") from None
         try:
             yield f"line {number}", json.loads(line)
         except json.JSONDecodeError as exc:
@@ -452,14 +468,9 @@ def _demo_cohort(args: argparse.Namespace, settings: Settings) -> int:
     except EventError as exc:
         raise UsageError(f"--end: {exc}") from None
     events = demo_cohort(args.patients, args.seed, end, weeks=args.weeks)
-    text = "".join(json.dumps(event) + "\n" for event in events)
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        try:
-            Path(args.output).write_text(text)
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    with open_output(args.output) as out:
+        for event in events:
+            out.write(json.dumps(event).encode() + b"\n")
     _err(f"{len(events)} events for {args.patients} patients")
     return 0
 

@@ -377,6 +377,8 @@ def document_or_lines(
     for number, line in lines:
         held.append((number, line))
         size += len(line)
+        if size > limit:
+            return chain(held, lines)
         if not line.strip():
             continue
         if first is None:
@@ -389,9 +391,9 @@ def document_or_lines(
                 held.append(later)
                 if later[1].strip():
                     return chain(held, lines)
+                if len(held) > 1024:  # blank lines are skipped anyway: hold none of them
+                    held = [(n, text) for n, text in held if text.strip()]
             return Document(value, number, True)
-        if size > limit:
-            return chain(held, lines)
     if first is None:
         return iter(held)
     try:
