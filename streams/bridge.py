@@ -290,14 +290,22 @@ class _Run:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        try:
-            self._files.__exit__(*exc_info)  # commits the files, or drops them on an error
-        finally:
+        self._files.__exit__(*exc_info)  # commits the files, or drops them on an error
+        if exc_info[0] is None:  # an error is its one line, without a summary of a lost output
             self.summarize()
 
     def write(self, obj: dict[str, Any]) -> None:
-        self.out.write(orjson.dumps(obj) + b"\n")
+        self._write(self.out, self.args.output, orjson.dumps(obj) + b"\n")
         self.written += 1
+
+    def _write(self, out: IO[bytes], name: str, data: bytes) -> None:
+        from streams.files import FileError
+
+        try:
+            out.write(data)
+        except OSError as exc:  # not to be taken for an error reading the input
+            where = "stdout" if name == "-" else name
+            raise FileError(f"cannot write {where}: {exc.strerror}") from None
 
     def reject(self, where: Where, reason: str, detail: str) -> None:
         from streams.cli import UsageError
@@ -312,7 +320,7 @@ class _Run:
             if where.entry is not None:
                 record["entry"] = where.entry
             record |= {"reason": reason, "detail": detail}
-            self.rejects.write(orjson.dumps(record) + b"\n")
+            self._write(self.rejects, self.args.rejects, orjson.dumps(record) + b"\n")
 
     def ignore(self, ignored: Ignored) -> None:
         self.ignored[f"{ignored.reason} {ignored.detail}"] += 1

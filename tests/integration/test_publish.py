@@ -369,3 +369,23 @@ def test_an_event_too_large_for_the_broker_is_rejected_and_the_rest_published(
         lines[1],
     )
     _check_published_example(kafka_bootstrap, topic_name)
+
+
+@pytest.mark.attack("publish a truncated Avro container", "exit 2, one line naming the record")
+def test_a_damaged_container_stops_publish_with_one_line(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    create_topic(kafka_bootstrap, topic_name, 4)
+    whole = tmp_path / "whole.avro"
+    write_avro_log(whole, [orjson.loads(line) for line in LINES] * 40)
+    cut = tmp_path / "cut.avro"
+    cut.write_bytes(whole.read_bytes()[:-300])
+
+    done = publish(kafka_bootstrap, "--input", str(cut), "--topic", topic_name)
+
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.decode()
+    assert err.count("\n") == 1
+    assert re.fullmatch(
+        rf"stepcare: {re.escape(str(cut))}: record \d+: corrupt Avro data: .*\n", err
+    )
