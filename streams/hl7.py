@@ -179,19 +179,18 @@ def split_file(fo: IO[bytes]) -> Iterator[tuple[int, str]]:
 
 def _split_frame_stream(text: IO[str]) -> Iterator[tuple[int, str]]:
     """:func:`_split_frames` over a stream: cut after each frame's end, counting lines."""
-    line, held, eof = 1, "", False
+    line, held, position, eof = 1, "", 0, False
     while True:
-        start = held.find(MLLP_START)
+        start = held.find(MLLP_START, position)
         end = held.find(MLLP_END, start + 1) if start >= 0 else -1
         if end >= 0:
-            unit, held = held[: end + 1], held[end + 1 :]
+            unit, position = held[position : end + 1], end + 1
         elif not eof:
             more = text.read(_CHUNK)
-            held += more
-            eof = not more
+            held, position, eof = held[position:] + more, 0, not more
             continue
         else:
-            unit, held = held, ""
+            unit, held, position = held[position:], "", 0
         if not unit:
             return
         for number, message in _split_frames(unit):
