@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import orjson
 
-from streams.codec import CodecError, is_avro_container, read_avro_stream
+from streams.codec import AVRO_CONTAINER_MAGIC, CodecError, is_avro_container, read_avro_stream
 
 DOCUMENT_LIMIT = 32 * 1024 * 1024
 """Bytes of a multi-line JSON document (score, fhir-import) read whole; past it, input is JSONL."""
@@ -272,8 +272,12 @@ class LogReader:
         self.avro = False
         if name != "-":
             try:
-                self.total_bytes = os.fstat(self.fo.fileno()).st_size
-                self.avro = is_avro_container(self.fo)
+                found = os.fstat(self.fo.fileno())
+                if stat.S_ISREG(found.st_mode):
+                    self.total_bytes = found.st_size
+                    self.avro = is_avro_container(self.fo)
+                else:  # a FIFO, a process substitution: look without consuming
+                    self.avro = self.fo.peek(4)[:4] == AVRO_CONTAINER_MAGIC  # type: ignore[attr-defined]
             except OSError as exc:
                 self.fo.close()
                 raise FileError(f"cannot read {name}: {exc.strerror}") from None
