@@ -21,6 +21,7 @@ output that is one of the inputs (same device and inode: hard links and symlinks
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -135,6 +136,8 @@ def open_output(name: str) -> Iterator[IO[bytes]]:
         return
     target = os.path.realpath(name)  # a symlink's target is replaced, not the link
     directory = os.path.dirname(target) or "."
+    if found is not None and not os.access(target, os.W_OK):  # a rename would get around it
+        raise FileError(f"cannot write {name}: {os.strerror(errno.EACCES)}")
     try:
         fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.")
     except OSError as exc:
@@ -179,7 +182,8 @@ def open_text_output(name: str) -> Iterator[IO[str]]:
             yield text
             text.flush()
         finally:
-            text.detach()  # open_output closes the file
+            with contextlib.suppress(OSError, ValueError):  # an error is already on its way
+                text.detach()  # open_output closes the file
 
 
 def stdout_error(exc: OSError) -> FileError:
