@@ -70,10 +70,17 @@ def refuse_same_file(inputs: Iterable[str], outputs: Iterable[str | None]) -> No
         found = _stat(name, _stdin_fd()) if name == "-" else _stat(name)
         if found is not None and stat.S_ISREG(found.st_mode):
             seen.append((name, found))
+    written: dict[object, str] = {}
     for output in outputs:
         if not output or output == "-":
             continue
         target = _stat(output)
+        if target is not None and not stat.S_ISREG(target.st_mode):
+            continue  # /dev/null twice is fine
+        key = os.path.realpath(output) if target is None else (target.st_dev, target.st_ino)
+        if key in written:
+            raise FileError(f"{written[key]} and {output} are the same file: one output each")
+        written[key] = output
         if target is None:
             continue
         for name, found in seen:

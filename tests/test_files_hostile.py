@@ -140,6 +140,22 @@ def test_stdin_that_is_the_output_file_is_refused(log: Path) -> None:
     assert log.read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["bridge", "fhir-export", "--input", "{E}", "--output", "{T}/x", "--rejects", "{T}/x"],
+        ["compare", "--input", "{L}", "--policy", "early-pc", "--csv", "{T}/x", "--png", "{T}/x"],
+    ],
+    ids=["fhir-export --output X --rejects X", "compare --csv X --png X"],
+)
+def test_two_outputs_that_are_one_file_are_refused(argv: list[str], log: Path) -> None:
+    names = {"E": ESCALATIONS, "L": log, "T": log.parent}
+    done = stepcare(*(a.format(**names) for a in argv))
+    x = log.parent / "x"
+    assert one_line(done) == f"{x} and {x} are the same file: one output each"
+    assert sorted(p.name for p in log.parent.iterdir()) == ["log.jsonl"]
+
+
 # -- an input that cannot be read leaves the previous output alone ---------------------------------
 
 MISSING_INPUT = {
