@@ -60,10 +60,11 @@ share (:class:`AdapterError`, :class:`Ignored`), the offline commands and the li
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -264,10 +265,11 @@ def run(args: argparse.Namespace, settings: Any) -> int:
 
 
 class _Run:
-    """Output, rejects and counts of one conversion."""
+    """Output, rejects and counts of one conversion: a context manager that commits the output
+    (and rejects) files only if the conversion ends without an error (``streams.files``)."""
 
     def __init__(self, args: argparse.Namespace, noun: str) -> None:
-        from streams.cli import UsageError
+        from streams.files import refuse_same_file
 
         self.args, self.noun = args, noun
         self.read = self.written = 0
@@ -275,15 +277,37 @@ class _Run:
         self.ignored: Counter[str] = Counter()
         self.started = time.monotonic()
         inputs = [args.input] if hasattr(args, "input") else []
-        for name in (args.output, getattr(args, "rejects", None)):
-            if name and name != "-" and any(_same_file(name, other) for other in inputs):
-                raise UsageError(f"{name} is also the input")
-        self.out = _open_output(args.output)
-        self.rejects = _open_output(args.rejects) if getattr(args, "rejects", None) else None
+        refuse_same_file(inputs, [args.output, getattr(args, "rejects", None)])
+        self._files = contextlib.ExitStack()
+        self.rejects: IO[bytes] | None = None
+
+    def __enter__(self) -> _Run:
+        from streams.files import open_output
+
+        with self._files as files:
+            self.out = files.enter_context(open_output(self.args.output))
+            if getattr(self.args, "rejects", None):
+                self.rejects = files.enter_context(open_output(self.args.rejects))
+            self._files = files.pop_all()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._files.__exit__(*exc_info)  # commits the files, or drops them on an error
+        if exc_info[0] is None:  # an error is its one line, without a summary of a lost output
+            self.summarize()
 
     def write(self, obj: dict[str, Any]) -> None:
-        self.out.write(orjson.dumps(obj) + b"\n")
+        self._write(self.out, self.args.output, orjson.dumps(obj) + b"\n")
         self.written += 1
+
+    def _write(self, out: IO[bytes], name: str, data: bytes) -> None:
+        from streams.files import FileError
+
+        try:
+            out.write(data)
+        except OSError as exc:  # not to be taken for an error reading the input
+            where = "stdout" if name == "-" else name
+            raise FileError(f"cannot write {where}: {exc.strerror}") from None
 
     def reject(self, where: Where, reason: str, detail: str) -> None:
         from streams.cli import UsageError
@@ -298,23 +322,19 @@ class _Run:
             if where.entry is not None:
                 record["entry"] = where.entry
             record |= {"reason": reason, "detail": detail}
-            self.rejects.write(orjson.dumps(record) + b"\n")
+            self._write(self.rejects, self.args.rejects, orjson.dumps(record) + b"\n")
 
     def ignore(self, ignored: Ignored) -> None:
         self.ignored[f"{ignored.reason} {ignored.detail}"] += 1
 
-    def close(self, action: str) -> None:
-        for stream in (self.out, self.rejects):
-            if stream is not None and stream is not sys.stdout.buffer:
-                stream.close()
-        sys.stdout.flush()
+    def summarize(self) -> None:
         parts = [f"{self.read} {self.noun} read", f"{self.written} written"]
         rejected = sum(self.rejected.values())
         parts.append(f"{rejected} rejected" + _breakdown(self.rejected))
         if self.ignored:
             parts.append(f"{sum(self.ignored.values())} ignored" + _breakdown(self.ignored))
         seconds = time.monotonic() - self.started
-        print(f"{action}: {', '.join(parts)} in {seconds:.1f} s", file=sys.stderr)
+        print(f"{self.args.action}: {', '.join(parts)} in {seconds:.1f} s", file=sys.stderr)
 
 
 def _breakdown(counts: Counter[str]) -> str:
@@ -327,9 +347,9 @@ def _fhir_import(args: argparse.Namespace) -> int:
     from streams import fhir
 
     pseudonymizer = _pseudonymizer()
-    run = _Run(args, "resources")
-    try:
-        for where, item in _fhir_resources(args):
+    paths = _files(args.input, (".json", ".ndjson", ".jsonl"), args)
+    with _Run(args, "resources") as run:
+        for where, item in _fhir_resources(paths):
             run.read += 1
             if isinstance(item, AdapterError):
                 run.reject(where, item.reason, item.detail)
@@ -342,8 +362,6 @@ def _fhir_import(args: argparse.Namespace) -> int:
                 run.reject(where, exc.reason, exc.detail)
                 continue
             run.write(event)
-    finally:
-        run.close("fhir-import")
     return 0
 
 
@@ -357,42 +375,37 @@ def _hl7_import(args: argparse.Namespace) -> int:
         zone = hl7.zone(args.timezone)
     except AdapterError as exc:
         raise UsageError(f"--timezone: {exc.detail}") from None
-    run = _Run(args, "messages")
-    try:
-        for path in _files(args.input, (".hl7", ".txt", ".er7", ".adt"), args):
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-            for line, message in hl7.split_messages(data):
-                run.read += 1
-                try:
-                    result = hl7.adt_to_event(
-                        message,
-                        pseudonymizer,
-                        timezone=zone,
-                        inpatient_classes=classes,
-                        identifier_type=args.identifier_type,
-                        source=args.source,
-                    )
-                except AdapterError as exc:
-                    run.reject(Where(str(path), line), exc.reason, exc.detail)
-                    continue
-                if isinstance(result, Ignored):
-                    run.ignore(result)
-                else:
-                    run.write(result)
-    finally:
-        run.close("hl7-import")
+    paths = _files(args.input, (".hl7", ".txt", ".er7", ".adt"), args)
+    with _Run(args, "messages") as run:
+        for path in paths:
+            with _reading(path) as fo:
+                for line, message in hl7.split_file(fo):
+                    run.read += 1
+                    try:
+                        result = hl7.adt_to_event(
+                            message,
+                            pseudonymizer,
+                            timezone=zone,
+                            inpatient_classes=classes,
+                            identifier_type=args.identifier_type,
+                            source=args.source,
+                        )
+                    except AdapterError as exc:
+                        run.reject(Where(str(path), line), exc.reason, exc.detail)
+                        continue
+                    if isinstance(result, Ignored):
+                        run.ignore(result)
+                    else:
+                        run.write(result)
     return 0
 
 
 def _fhir_export(args: argparse.Namespace) -> int:
     from streams import fhir
+    from streams.files import numbered_lines
 
-    run = _Run(args, "escalations")
-    try:
-        for number, obj in _json_lines(args.input):
+    with _reading(args.input) as fo, _Run(args, "escalations") as run:
+        for number, obj in _json_lines(numbered_lines(fo)):
             run.read += 1
             where = Where(args.input, number)
             if isinstance(obj, AdapterError):
@@ -404,20 +417,14 @@ def _fhir_export(args: argparse.Namespace) -> int:
                 run.reject(where, exc.reason, exc.detail)
                 continue
             run.write(bundle)
-    finally:
-        run.close("fhir-export")
     return 0
 
 
 def _questionnaire(args: argparse.Namespace) -> int:
     from streams import fhir
+    from streams.files import write_output
 
-    out = _open_output(args.output)
-    try:
-        out.write(fhir.questionnaire_json())
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
+    write_output(args.output, fhir.questionnaire_json())
     return 0
 
 
@@ -438,96 +445,87 @@ def _files(name: str, extensions: tuple[str, ...], args: argparse.Namespace) -> 
     """The input file, or the files of a directory with one of ``extensions``, sorted (but not
     the output or rejects file, should they be written into that directory)."""
     from streams.cli import UsageError
+    from streams.files import same_file
 
     path = Path(name)
     if path.is_dir():
-        ours = {Path(n).resolve() for n in (args.output, args.rejects) if n and n != "-"}
+        ours = [n for n in (args.output, args.rejects) if n and n != "-"]
         return sorted(
             p
             for p in path.iterdir()
-            if p.is_file() and p.suffix.lower() in extensions and p.resolve() not in ours
+            if p.is_file()
+            and p.suffix.lower() in extensions
+            and not any(same_file(str(p), n) for n in ours)
         )
     if not path.is_file():
         raise UsageError(f"cannot read {name}: no such file or directory")
     return [path]
 
 
-def _fhir_resources(
-    args: argparse.Namespace,
-) -> Iterator[tuple[Where, dict[str, Any] | AdapterError]]:
+@contextlib.contextmanager
+def _reading(path: str | Path) -> Iterator[IO[bytes]]:
+    """An input file (``-``: stdin) open for binary reading; a read error is one line."""
+    from streams.files import FileError, open_input
+
+    fo = open_input(str(path))
+    try:
+        yield fo
+    except OSError as exc:
+        raise FileError(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        if str(path) != "-":
+            fo.close()
+
+
+def _fhir_resources(paths: list[Path]) -> Iterator[tuple[Where, dict[str, Any] | AdapterError]]:
     """(where, resource) for every resource in the input; an AdapterError for text that is not
     a JSON object. A JSON file holds one resource, or a Bundle whose entries' resources count
-    one by one (``entry N``); anything else is read as NDJSON, a resource a line."""
-    from streams.cli import UsageError
+    one by one (``entry N``); anything else is read as NDJSON, a resource a line, as a stream
+    (a document over ``streams.files.DOCUMENT_LIMIT`` bytes is read as NDJSON too)."""
+    from streams.files import Document, document_or_lines
 
-    for path in _files(args.input, (".json", ".ndjson", ".jsonl"), args):
-        try:
-            text = path.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-        try:
-            whole = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            for number, obj in _json_lines(str(path), text):
-                yield Where(str(path), number), obj
-            continue
-        if isinstance(whole, dict) and whole.get("resourceType") == "Bundle":
-            for index, entry in enumerate(whole.get("entry") or [], start=1):
-                resource = entry.get("resource") if isinstance(entry, dict) else None
-                yield (
-                    Where(str(path), 1, index),
-                    (
-                        resource
-                        if isinstance(resource, dict)
-                        else AdapterError("fhir-invalid", "a Bundle entry without a resource")
-                    ),
-                )
-        elif isinstance(whole, dict):
-            yield Where(str(path), 1), whole
-        else:
-            yield Where(str(path), 1), AdapterError("fhir-invalid", "not a JSON object")
+    for path in paths:
+        with _reading(path) as fo:
+            found = document_or_lines(fo, orjson.loads)
+            if not isinstance(found, Document):
+                for number, obj in _json_lines(found):
+                    yield Where(str(path), number), obj
+                continue
+            whole, line = found.value, found.line
+            if isinstance(whole, dict) and whole.get("resourceType") == "Bundle":
+                for index, entry in enumerate(whole.get("entry") or [], start=1):
+                    resource = entry.get("resource") if isinstance(entry, dict) else None
+                    yield (
+                        Where(str(path), line, index),
+                        (
+                            resource
+                            if isinstance(resource, dict)
+                            else AdapterError("fhir-invalid", "a Bundle entry without a resource")
+                        ),
+                    )
+            elif isinstance(whole, dict):
+                yield Where(str(path), line), whole
+            else:
+                yield Where(str(path), line), AdapterError("fhir-invalid", "not a JSON object")
 
 
 def _json_lines(
-    name: str, text: bytes | None = None
+    lines: Iterable[tuple[int, bytes]],
 ) -> Iterator[tuple[int, dict[str, Any] | AdapterError]]:
-    from streams.cli import UsageError
+    """(line number, object) per non-blank line; an AdapterError for one that is not an object."""
+    from streams.files import json_line
 
-    if text is None:
-        try:
-            text = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read {name}: {exc.strerror}") from None
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in lines:
         if not line.strip():
             continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield number, AdapterError("not-json", f"{exc.msg} (column {exc.colno})")
+        obj, reason = json_line(line)
+        if reason is not None:
+            yield number, AdapterError("not-json", reason.removeprefix("not JSON: "))
             continue
         if not isinstance(obj, dict):
             yield number, AdapterError("not-json", "a line is one JSON object")
             continue
         yield number, obj
-
-
-def _open_output(name: str) -> IO[bytes]:
-    from streams.cli import UsageError
-
-    if name == "-":
-        return sys.stdout.buffer
-    try:
-        return open(name, "wb")
-    except OSError as exc:
-        raise UsageError(f"cannot write {name}: {exc.strerror}") from None
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
 
 
 # -- the live bridges ----------------------------------------------------------------------------

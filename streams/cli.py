@@ -8,24 +8,36 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import importlib.util
 import json
 import re
+import shutil
 import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from streams import broker
-from streams.codec import AvroLogLines, CodecError, is_avro_container
 from streams.events import DAY_MS, MAX_EVENT_TIME, MIN_TIME, EventError, format_time, parse_time
+from streams.files import (
+    Document,
+    FileError,
+    document_or_lines,
+    open_input,
+    open_output,
+    open_text_output,
+    read_events,
+    refuse_same_file,
+    stdout_error,
+)
 from streams.policy import PolicyError, resolve_policy
-from streams.replay import RejectedLine, replay
+from streams.replay import RejectedLine, replay_events
 from streams.scoring import ScoringError, score_fact_l
 from streams.settings import KAFKA_VERSIONS, Settings, SettingsError
 from streams.topics import TopicError
@@ -41,6 +53,9 @@ ANALYSIS_COMMANDS = {
 }
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EPIPE}
+
+
 class UsageError(Exception):
     """Bad input from the user: reported as one line, exit status 2."""
 
@@ -50,9 +65,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
-        return int(args.handler(args, settings) or 0)
+        status = int(args.handler(args, settings) or 0)
+        try:
+            sys.stdout.flush()  # a full disk under stdout is reported here, not at exit
+        except OSError as exc:
+            raise stdout_error(exc) from None
+        return status
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _WRITE_ERRNOS:
+            raise
+        print(f"stepcare: {stdout_error(exc)}", file=sys.stderr)  # print() to a full stdout
+        return EXIT_USAGE
     except (
         UsageError,
+        FileError,
         SettingsError,
         PolicyError,
         RejectedLine,
@@ -230,16 +256,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
-    text = _read_input(args.file)
-    # Score everything before writing anything: a bad object leaves stdout empty.
-    lines = []
-    for where, obj in _json_objects(text):
-        try:
-            scores = score_fact_l(_responses_of(obj))
-        except ScoringError as exc:
-            raise UsageError(f"{where}: {exc}") from None
-        lines.append(json.dumps(scores.as_dict()))
-    sys.stdout.write("".join(line + "\n" for line in lines))
+    # Score everything before writing anything: a bad object leaves stdout empty. The scores
+    # wait in a temporary file, so memory does not grow with the input.
+    source = open_input(args.file)
+    try:
+        with tempfile.TemporaryFile() as spool:
+            found = document_or_lines(source, _json_document)
+            if isinstance(found, Document):
+                where = f"line {found.line}" if found.one_line else "input"
+                objects: Iterable[tuple[str, Any]] = [(where, found.value)]
+            else:
+                objects = _json_objects(args.file, found)
+            for where, obj in objects:
+                try:
+                    scores = score_fact_l(_responses_of(obj))
+                except ScoringError as exc:
+                    raise UsageError(f"{where}: {exc}") from None
+                spool.write(json.dumps(scores.as_dict()).encode() + b"\n")
+            spool.seek(0)
+            with open_output("-") as out:
+                shutil.copyfileobj(spool, out)
+    except OSError as exc:  # reading the input (writing stdout is reported by open_output)
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    finally:
+        if args.file != "-":
+            source.close()
     return 0
 
 
@@ -249,25 +290,14 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
         until = None if args.until is None else parse_time(args.until)
     except EventError as exc:
         raise UsageError(f"--until: {exc}") from None
-    source = _open_input(args.input)
-    try:
-        output = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
-    except OSError as exc:
-        raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
-    try:
-        with source:
-            progress = Progress()
-            summary, engine = replay(
-                source, policy, output, until=until, strict=args.strict, progress=progress
-            )
-            progress.clear()
-    except CodecError as exc:  # a corrupt Avro container
-        raise UsageError(f"{args.input}: {exc}") from None
-    finally:
-        if output is not sys.stdout:
-            output.close()
-        else:
-            output.flush()
+    refuse_same_file([args.input], [args.output])
+    events = read_events(args.input)  # the input opens before any output is made
+    with open_text_output(args.output or "-") as output:
+        progress = Progress()
+        summary, engine = replay_events(
+            events, policy, output, until=until, strict=args.strict, progress=progress
+        )
+        progress.clear()
     _err(summary.text(patients=len(engine.states)))
     return 0
 
@@ -296,22 +326,6 @@ class Progress:
             print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
-def _open_input(name: str):
-    """stdin, a JSONL file, or an Avro container file read as JSONL (detected by content)."""
-    if name == "-":
-        if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8: a rejected line
-            sys.stdin.reconfigure(errors="surrogateescape")
-        return sys.stdin
-    try:
-        with open(name, "rb") as probe:
-            avro = is_avro_container(probe)
-        if avro:
-            return AvroLogLines(name)
-        return open(name, encoding="utf-8", errors="surrogateescape")
-    except OSError as exc:
-        raise UsageError(f"cannot read {name}: {exc.strerror}") from None
-
-
 def _publish(args: argparse.Namespace, settings: Settings) -> int:
     from streams import publish  # confluent-kafka is loaded only for this command
 
@@ -321,30 +335,19 @@ def _publish(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(str(exc)) from None
 
 
-def _read_input(name: str) -> str:
-    if name == "-":
-        try:
-            return sys.stdin.read()
-        except UnicodeDecodeError as exc:
-            raise UsageError(f"cannot read stdin: {exc}") from None
-    try:
-        return Path(name).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {name}: {exc}") from None
+def _json_document(data: bytes) -> Any:
+    return json.loads(data.decode("utf-8"))
 
 
-def _json_objects(text: str) -> Iterator[tuple[str, Any]]:
-    """("input" or "line N", object) for a single JSON document, or for each line of JSONL."""
-    try:
-        whole = json.loads(text)
-    except (ValueError, RecursionError):  # not one document (or too deep, or a huge number)
-        pass
-    else:
-        yield ("line 1" if len(text.strip().splitlines()) == 1 else "input"), whole
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+def _json_objects(name: str, lines: Iterable[tuple[int, bytes]]) -> Iterator[tuple[str, Any]]:
+    """("line N", object) for each non-blank line of JSONL (lines end at ``\\n`` only)."""
+    for number, raw in lines:
+        if not raw.strip():
             continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"cannot read {name}: line {number} is not UTF-8 text") from None
         try:
             yield f"line {number}", json.loads(line)
         except json.JSONDecodeError as exc:
@@ -507,14 +510,9 @@ def _demo_cohort(args: argparse.Namespace, settings: Settings) -> int:
             f"{format_time(MAX_EVENT_TIME)}"
         )
     events = demo_cohort(args.patients, args.seed, end, weeks=args.weeks)
-    text = "".join(json.dumps(event) + "\n" for event in events)
-    if args.output == "-":
-        sys.stdout.write(text)
-    else:
-        try:
-            Path(args.output).write_text(text)
-        except OSError as exc:
-            raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    with open_output(args.output) as out:
+        for event in events:
+            out.write(json.dumps(event).encode() + b"\n")
     _err(f"{len(events)} events for {args.patients} patients")
     return 0
 

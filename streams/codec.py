@@ -637,29 +637,6 @@ def is_avro_container(fo: IO[bytes]) -> bool:
     return magic == AVRO_CONTAINER_MAGIC
 
 
-class AvroLogLines:
-    """A PatientEvent container file as decoded objects, one per record, for log readers (replay).
-
-    A context manager that closes the file. A corrupt record raises :class:`CodecError` naming
-    its number, since nothing after it can be read.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self._file = open(path, "rb")  # noqa: SIM115 (closed by __exit__)
-
-    def __enter__(self) -> AvroLogLines:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._file.close()
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for number, item in read_avro_stream(self._file):
-            if isinstance(item, str):
-                raise CodecError("malformed-avro", f"record {number}: {item}")
-            yield item
-
-
 def _read_v1_blocks(blocks: Any) -> Iterator[tuple[int, dict[str, Any] | str]]:
     number = 0
     try:
@@ -680,8 +657,9 @@ def _container_problem(exc: Exception) -> str:
     return "not an Avro object container file"
 
 
-def write_avro_log(path: str | Path, objs: Iterable[dict[str, Any]]) -> int:
-    """Write JSON-rendering events as a deflated container file; returns the record count."""
+def write_avro_log(path: str | Path | IO[bytes], objs: Iterable[dict[str, Any]]) -> int:
+    """Write JSON-rendering events as a deflated container file (a path, or an open binary
+    file); returns the record count."""
     count = 0
 
     def records() -> Iterator[dict[str, Any]]:
@@ -691,6 +669,9 @@ def write_avro_log(path: str | Path, objs: Iterable[dict[str, Any]]) -> int:
             count += 1
             yield record
 
+    if not isinstance(path, str | Path):
+        fastavro.writer(path, _EVENT.full_schema, records(), codec="deflate")
+        return count
     with open(path, "wb") as fo:
         fastavro.writer(fo, _EVENT.full_schema, records(), codec="deflate")
     return count

@@ -181,7 +181,7 @@ def compare(
     rejects: object = None,
 ) -> list[Run]:
     """Run the policies over the inputs (one input for all, or paired in order)."""
-    from streams.convert import read_events
+    from streams.files import read_events
 
     if len(inputs) != 1 and len(inputs) != len(policies):
         raise ValueError("give one --input for all policies, or one --input per --policy")
@@ -273,7 +273,9 @@ def _share(count: object, share: object) -> str:
 
 
 def write_csv(path: str, rows: list[dict[str, object]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fo:
+    from streams.files import open_text_output
+
+    with open_text_output(path) as fo:
         writer = csv.DictWriter(fo, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         for row in rows:
@@ -323,8 +325,13 @@ def write_png(path: str, rows: list[dict[str, object]], weeks: Sequence[float]) 
     right.set_title("Escalations by kind")
     right.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from streams.files import open_output
+
+    try:
+        with open_output(path) as out:
+            fig.savefig(out, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -358,7 +365,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: object) -> int:
     from streams.cli import UsageError
-    from streams.convert import LogError
+    from streams.files import refuse_same_file
 
     started = time.monotonic()
     if len(args.input) != 1 and len(args.input) != len(args.policy):
@@ -373,22 +380,17 @@ def run(args: argparse.Namespace, settings: object) -> int:
         until = None if args.until is None else parse_time(args.until)
     except EventError as exc:
         raise UsageError(f"--until: {exc}") from None
+    refuse_same_file(args.input, [args.csv, args.png])
     policies = [resolve_policy(name) for name in args.policy]
-    try:
-        runs = compare(args.input, policies, until=until)
-    except LogError as exc:
-        raise UsageError(str(exc)) from None
+    runs = compare(args.input, policies, until=until)
     engines = time.monotonic() - started
     rows = [r.report(weeks) for r in runs]
     sys.stdout.write(table(rows, weeks))
     sys.stdout.flush()
-    try:
-        if args.csv:
-            write_csv(args.csv, rows)
-        if args.png:
-            write_png(args.png, rows, weeks)
-    except OSError as exc:
-        raise UsageError(f"cannot write {exc.filename}: {exc.strerror}") from None
+    if args.csv:
+        write_csv(args.csv, rows)
+    if args.png:
+        write_png(args.png, rows, weeks)
     seconds = time.monotonic() - started
     logs = list(dict.fromkeys(args.input))
     events = sum(next(r.events for r in runs if r.input == log) for log in logs)

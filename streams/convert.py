@@ -11,7 +11,9 @@ time, FACT-L responses that score). A record that is not a valid event is report
 written; the rest are converted in order and the command exits 0 with a summary. Written JSONL
 is canonical (compact, keys in the documented order, times as ``...Z``), so JSONL -> Avro ->
 JSONL gives back the same bytes for a canonical log. A corrupt Avro container cannot be read past
-the damage: what came before it is written, the damage is reported, and the exit status is 1.
+the damage: the command exits 2 with one line and writes nothing. The output is written to a
+temporary file and renamed over ``--output`` at the end (``streams.files``), so a failed run
+leaves it as it was; ``--output`` may not be the input (the same file, by any name).
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from typing import Any, Literal
 
 import orjson
 
-from streams.codec import CodecError, is_avro_container, read_avro_stream, write_avro_log
-from streams.events import EventError, PatientEvent, event_from_json, event_to_json
+from streams.codec import is_avro_container, write_avro_log
+from streams.events import event_to_json
+from streams.files import FileError, open_output, read_events, refuse_same_file
+
+__all__ = ["LogError", "input_format", "output_format", "read_events", "write_log"]
 
 Format = Literal["jsonl", "avro"]
 FORMATS: tuple[Format, ...] = ("jsonl", "avro")
@@ -36,11 +41,7 @@ _EXTENSIONS: dict[str, Format] = {
     ".ndjson": "jsonl",
     ".json": "jsonl",
 }
-CORRUPT = "corrupt Avro data"  # how read_avro_stream reports damage that ends a container
-
-
-class LogError(ValueError):
-    """A log cannot be opened or written (the message names the file)."""
+LogError = FileError  # a log that cannot be opened or written (the message names the file)
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -55,54 +56,6 @@ def input_format(path: str) -> Format:
             return "avro" if is_avro_container(probe) else "jsonl"
     except OSError as exc:
         raise LogError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def read_objects(path: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """(record number, JSON object) per record of a JSONL or Avro log; (number, reason) if bad.
-
-    JSONL records are numbered by line (blank lines are skipped, not counted as records); Avro
-    records from 1. A corrupt Avro block yields a reason starting ``corrupt Avro data`` and ends
-    the iteration. ``LogError`` if the file cannot be opened or is not a PatientEvent container.
-    """
-    fmt = input_format(path)
-    if fmt == "avro":
-        try:
-            with open(path, "rb") as fo:
-                yield from read_avro_stream(fo)
-        except CodecError as exc:
-            raise LogError(f"{path}: {exc}") from None
-        return
-    try:
-        source = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        raise LogError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        for number, line in enumerate(source, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                yield number, f"not JSON: {exc.msg} (column {exc.colno})"
-                continue
-            yield number, obj
-    except UnicodeDecodeError as exc:
-        raise LogError(f"{path}: not UTF-8 text ({exc.reason})") from None
-    finally:
-        if source is not sys.stdin:
-            source.close()
-
-
-def read_events(path: str) -> Iterator[tuple[int, PatientEvent | str]]:
-    """(record number, validated event) per record; (number, reason) for a record that is not."""
-    for number, obj in read_objects(path):
-        if isinstance(obj, str):
-            yield number, obj
-            continue
-        try:
-            yield number, event_from_json(obj)
-        except EventError as exc:
-            yield number, str(exc)
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -128,28 +81,18 @@ def output_format(path: str, fmt: str | None) -> Format:
 
 
 def write_log(path: str, objs: Iterable[dict[str, Any]], fmt: Format) -> int:
-    """Write JSON-rendering events (already canonical) as JSONL or Avro; returns the count."""
-    if fmt == "avro":
-        try:
-            return write_avro_log(path, objs)
-        except OSError as exc:
-            raise LogError(f"cannot write {path}: {exc.strerror}") from None
-    count = 0
-    try:
-        out = sys.stdout.buffer if path == "-" else open(path, "wb")  # noqa: SIM115
-    except OSError as exc:
-        raise LogError(f"cannot write {path}: {exc.strerror}") from None
-    try:
+    """Write JSON-rendering events (already canonical) as JSONL or Avro; returns the count.
+
+    Through :func:`streams.files.open_output`: the file is replaced only if all went well."""
+    with open_output(path) as out:
+        if fmt == "avro":
+            return write_avro_log(out, objs)
+        count = 0
         write = out.write
         for obj in objs:
             write(orjson.dumps(obj) + b"\n")
             count += 1
-    finally:
-        if path == "-":
-            out.flush()
-        else:
-            out.close()
-    return count
+        return count
 
 
 # -- the command -----------------------------------------------------------------------------
@@ -168,54 +111,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: object) -> int:
     from streams.cli import UsageError
 
-    if args.input != "-" and args.output != "-" and _same_file(args.input, args.output):
-        raise UsageError("--input and --output are the same file")
+    refuse_same_file([args.input], [args.output])
     started = time.monotonic()
-    try:
-        source_format = input_format(args.input)
-        target_format = output_format(args.output, args.format)
-    except LogError as exc:
-        raise UsageError(str(exc)) from None
+    source_format = input_format(args.input)
+    target_format = output_format(args.output, args.format)
+    records = read_events(args.input)
     rejected = 0
-    corrupt: list[str] = []
-    unreadable: list[str] = []
 
     def valid() -> Iterator[dict[str, Any]]:
         nonlocal rejected
-        try:
-            for number, item in read_events(args.input):
-                if isinstance(item, str):
-                    if item.startswith(CORRUPT):
-                        corrupt.append(f"record {number}: {item}")
-                        return
-                    if args.strict:
-                        raise UsageError(f"record {number}: {item}")
-                    rejected += 1
-                    print(f"record {number}: {item}", file=sys.stderr)
-                    continue
-                yield event_to_json(item)
-        except LogError as exc:  # not a log at all (e.g. a container of other records)
-            unreadable.append(str(exc))
+        for number, item in records:
+            if isinstance(item, str):
+                if args.strict:
+                    raise UsageError(f"record {number}: {item}")
+                rejected += 1
+                print(f"record {number}: {item}", file=sys.stderr)
+                continue
+            yield event_to_json(item)
 
-    try:
-        written = write_log(args.output, valid(), target_format)
-    except LogError as exc:
-        raise UsageError(str(exc)) from None
-    if unreadable:
-        if args.output != "-":
-            Path(args.output).unlink(missing_ok=True)  # we made it: an empty shell is no log
-        raise UsageError(unreadable[0])
+    written = write_log(args.output, valid(), target_format)
     seconds = time.monotonic() - started
     print(
         f"converted {written} records ({source_format} -> {target_format}) in {seconds:.1f} s, "
-        f"{rejected} rejected" + (f"; {corrupt[0]}: the rest is unreadable" if corrupt else ""),
+        f"{rejected} rejected",
         file=sys.stderr,
     )
-    return 1 if corrupt else 0
-
-
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
+    return 0

@@ -20,12 +20,8 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import orjson
-
-from streams.codec import CodecError, is_avro_container, read_avro_log
 from streams.engine import (
     NEW_PATIENT,
     Escalation,
@@ -45,6 +41,7 @@ from streams.events import (
     format_time,
     parse_time,
 )
+from streams.files import write_output
 from streams.policy import Policy, resolve_policy
 from streams.replay import PartitionEngine
 from streams.scoring import FactLScore
@@ -84,38 +81,18 @@ class Rejected:
 
 def read_events(name: str) -> Iterator[tuple[int, PatientEvent | Rejected]]:
     """(line or record number, event) for each valid event of a JSONL or Avro container log."""
-    if name == "-":
-        yield from _read_jsonl(sys.stdin)
-        return
-    try:
-        with open(name, "rb") as probe:
-            avro = is_avro_container(probe)
-        if not avro:
-            with open(name, encoding="utf-8") as lines:
-                yield from _read_jsonl(lines)
-            return
-        for number, item in read_avro_log(name):
-            if isinstance(item, str):  # a corrupt container: nothing after it can be read
-                raise CodecError("malformed-avro", f"record {number}: {item}")
-            yield number, _event_or_rejected(number, item)
-    except OSError as exc:
-        raise _usage(f"cannot read {name}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise _usage(f"{name}: not UTF-8 text ({exc.reason})") from None
-    except CodecError as exc:
-        raise _usage(f"{name}: {exc}") from None
+    from streams.files import read_objects
 
+    objects = read_objects(name)  # opened now: a missing file is one line before any output
 
-def _read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, PatientEvent | Rejected]]:
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield number, Rejected(number, f"not JSON: {exc.msg}", None, None)
-            continue
-        yield number, _event_or_rejected(number, obj)
+    def events() -> Iterator[tuple[int, PatientEvent | Rejected]]:
+        for number, obj in objects:
+            if isinstance(obj, str):
+                yield number, Rejected(number, obj, None, None)
+            else:
+                yield number, _event_or_rejected(number, obj)
+
+    return events()
 
 
 def _event_or_rejected(number: int, obj: Any) -> PatientEvent | Rejected:
@@ -768,6 +745,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: object) -> int:
+    from streams.files import refuse_same_file
+
+    refuse_same_file([args.input], [args.png, args.html])
     policy = resolve_policy(args.policy)
     try:
         until = None if args.until is None else parse_time(args.until)
@@ -778,16 +758,9 @@ def run(args: argparse.Namespace, settings: object) -> int:
         raise _usage(f"patient {args.patient!r} does not appear in {args.input}")
     png = render_png(story) if args.png or args.html else b""
     if args.png:
-        _write(args.png, png)
+        write_output(args.png, png)
     if args.html:
-        _write(args.html, render_html(story, png).encode("utf-8"))
+        write_output(args.html, render_html(story, png).encode("utf-8"))
     sys.stdout.write("".join(line + "\n" for line in story.lines()))
     sys.stdout.flush()
     return 0
-
-
-def _write(name: str, data: bytes) -> None:
-    try:
-        Path(name).write_bytes(data)
-    except OSError as exc:
-        raise _usage(f"cannot write {name}: {exc.strerror}") from None

@@ -50,11 +50,13 @@ names the segment and field (and never quotes an identifier). MLLP framing (``\\
 
 from __future__ import annotations
 
+import codecs
+import io
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
 from datetime import timezone as fixed_offset
-from typing import Any
+from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.bridge import AdapterError, Ignored
@@ -115,9 +117,14 @@ def split_messages(data: bytes | str) -> Iterator[tuple[int, str]]:
     if MLLP_START in text or MLLP_END in text:
         yield from _split_frames(text)
         return
+    yield from _split_lines(_LINE_BREAK.split(text))
+
+
+def _split_lines(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
+    """The messages of unframed text given line by line (without line ends)."""
     current: list[str] = []
     start = 0
-    for number, line in enumerate(_LINE_BREAK.split(text), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         if line.startswith(_BATCH_SEGMENTS):
@@ -133,6 +140,62 @@ def split_messages(data: bytes | str) -> Iterator[tuple[int, str]]:
         current.append(line)
     if current:
         yield start, "\r".join(current)
+
+
+_CHUNK = 1 << 20  # characters read at a time by split_file
+
+
+def split_file(fo: IO[bytes]) -> Iterator[tuple[int, str]]:
+    """:func:`split_messages` of a seekable binary file, read in chunks (memory does not grow
+    with the file, only with its largest message). A first pass finds the framing and the text
+    encoding (UTF-8, else Latin-1), as :func:`split_messages` decides them for the whole text."""
+    start = fo.tell()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    utf8, framed = True, False
+    while chunk := fo.read(_CHUNK):
+        framed = framed or b"\x0b" in chunk or b"\x1c" in chunk
+        if utf8:
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                utf8 = False
+        if framed and not utf8:
+            break
+    if utf8:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            utf8 = False
+    fo.seek(start)
+    text = io.TextIOWrapper(fo, encoding="utf-8" if utf8 else "latin-1", newline="")  # type: ignore[arg-type]
+    try:
+        if framed:
+            yield from _split_frame_stream(text)
+        else:
+            yield from _split_lines(line.rstrip("\r\n") for line in text)
+    finally:
+        text.detach()  # the caller closes the file
+
+
+def _split_frame_stream(text: IO[str]) -> Iterator[tuple[int, str]]:
+    """:func:`_split_frames` over a stream: cut after each frame's end, counting lines."""
+    line, held, position, eof = 1, "", 0, False
+    while True:
+        start = held.find(MLLP_START, position)
+        end = held.find(MLLP_END, start + 1) if start >= 0 else -1
+        if end >= 0:
+            unit, position = held[position : end + 1], end + 1
+        elif not eof:
+            more = text.read(_CHUNK)
+            held, position, eof = held[position:] + more, 0, not more
+            continue
+        else:
+            unit, held, position = held[position:], "", 0
+        if not unit:
+            return
+        for number, message in _split_frames(unit):
+            yield number + line - 1, message
+        line += _breaks(unit)
 
 
 def _split_frames(text: str) -> Iterator[tuple[int, str]]:

@@ -5,7 +5,9 @@ encoding, and stamped with its ``occurred_at`` as the record timestamp (DESIGN ย
 producer is idempotent with ``acks=all``, so retries neither duplicate nor reorder records and
 each patient's events land in file order. It partitions like the Java client and aiokafka
 (murmur2), so a patient's events published here share a partition with the ones the live feeds
-send. Invalid lines are reported and skipped (``--strict``: the run stops), never published.
+send. Invalid lines are reported and skipped (``--strict``: the run stops), never published; so
+is an event too large for the broker (its line and size on stderr, counted as rejected). A
+damaged Avro container stops the run with one line (exit 2) where the damage is.
 
 ``--until T`` then appends a ``CLOCK_TICK`` at T to every partition, so the worker's event-time
 clocks reach T and its timers fire as ``stepcare replay --until T`` fires them (DESIGN ยง5).
@@ -21,14 +23,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import IO, Any
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from streams.codec import CodecError, encode_event, is_avro_container, read_avro_stream
+from streams.codec import encode_event
 from streams.events import EventError, event_from_json, format_time, parse_time
+from streams.files import FileError, LogReader
 from streams.settings import Settings
 from streams.topics import TopicError, check_access
 
@@ -149,38 +150,20 @@ class LogSource:
 
 
 def open_log(name: str) -> LogSource:
-    """A JSONL file, ``-`` (JSONL on stdin), or an Avro container file (detected by content)."""
-    if name == "-":
-        return LogSource("line", _jsonl(sys.stdin.buffer), None, lambda: None)
+    """A JSONL file, ``-`` (JSONL on stdin), or an Avro container file (``streams.files``)."""
     try:
-        fo = open(name, "rb")  # noqa: SIM115 (closed by LogSource.close)
-        size = Path(name).stat().st_size
-        avro = is_avro_container(fo)
-    except OSError as exc:
-        raise PublishError(f"cannot read {name}: {exc.strerror}") from None
-    if avro:
-        return LogSource("record", _avro(fo), size, fo.close)
-    return LogSource("line", _jsonl(fo), size, fo.close)
+        reader = LogReader(name)
+    except FileError as exc:
+        raise PublishError(str(exc)) from None
+    return LogSource(reader.label, _positions(reader), reader.total_bytes, reader.close)
 
 
-def _jsonl(fo: IO[bytes]) -> Iterator[tuple[int, Any, int]]:
-    position = 0
-    for number, line in enumerate(fo, start=1):
-        position += len(line)
-        if not line.strip():
-            continue
-        try:
-            yield number, orjson.loads(line), position
-        except orjson.JSONDecodeError as exc:
-            yield number, f"not JSON: {exc.msg} (column {exc.colno})", position
-
-
-def _avro(fo: IO[bytes]) -> Iterator[tuple[int, Any, int]]:
+def _positions(reader: LogReader) -> Iterator[tuple[int, Any, int]]:
     try:
-        for number, item in read_avro_stream(fo):
-            yield number, item, fo.tell()
-    except CodecError as exc:
-        raise PublishError(f"{fo.name}: {exc}") from None
+        for number, item in reader:
+            yield number, item, reader.position
+    except FileError as exc:  # a damaged container: exit 2 (what came before is published)
+        raise PublishError(str(exc)) from None
 
 
 # -- publishing ----------------------------------------------------------------------------------
@@ -234,9 +217,11 @@ def publish_log(
     strict: bool = False,
     where: str = "the broker",
     err: IO[str] | None = None,
+    max_message_bytes: int | None = None,
 ) -> PublishSummary:
     """Validate, encode and produce every record of ``log``; see the module docstring."""
     err = sys.stderr if err is None else err
+    config_limit = max_message_bytes
     summary = PublishSummary(topic)
     partitions_of(producer, topic, where)  # fail before reading anything
     started = time.monotonic()
@@ -247,6 +232,11 @@ def publish_log(
     def delivered(label: str, error: KafkaError | None, msg: Message) -> None:
         if error is None:
             summary.published += 1
+            return
+        if error.code() == TOO_LARGE:  # the broker's (topic's) limit is below the producer's
+            summary.rejected += 1
+            progress.clear()
+            err.write(f"{label}: {_too_large(len(msg.value() or b''), None)}\n")
             return
         summary.failed += 1
         summary.failures[error.str()] += 1
@@ -276,14 +266,27 @@ def publish_log(
                 continue
             if bucket is not None:
                 _wait(producer, bucket.take())
-            _produce(
-                producer,
-                topic,
-                key=event.patient_id.encode(),
-                value=value,
-                timestamp=event.occurred_at,
-                on_delivery=partial(delivered, f"{log.label} {number}"),
-            )
+            try:
+                _produce(
+                    producer,
+                    topic,
+                    key=event.patient_id.encode(),
+                    value=value,
+                    timestamp=event.occurred_at,
+                    on_delivery=partial(delivered, f"{log.label} {number}"),
+                )
+            except KafkaException as exc:  # refused before sending: this event, not the run
+                error = exc.args[0] if exc.args else None
+                if not isinstance(error, KafkaError) or error.code() != TOO_LARGE:
+                    raise
+                summary.rejected += 1
+                reason = f"{log.label} {number}: {_too_large(len(value), config_limit)}"
+                if strict:
+                    summary.stopped_at = reason
+                    break
+                progress.clear()
+                err.write(reason + "\n")
+                continue
             produced += 1
             progress.update(produced, position)
         if until is not None and summary.stopped_at is None:
@@ -302,6 +305,14 @@ def publish_log(
         summary.seconds = time.monotonic() - started
         err.flush()
     return summary
+
+
+TOO_LARGE = KafkaError.MSG_SIZE_TOO_LARGE
+
+
+def _too_large(size: int, limit: int | None) -> str:
+    bound = "" if limit is None else f", the producer's limit is {limit}"
+    return f"event too large for the broker ({size} bytes encoded{bound}): not published"
 
 
 def _tick_delivered(
@@ -392,6 +403,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             before=before,
             strict=args.strict,
             where=config["bootstrap.servers"],
+            max_message_bytes=int(config.get("message.max.bytes", 1_000_000)),
         )
     finally:
         log.close()

@@ -170,12 +170,29 @@ def replay(
     the end, firing the timers due before it. ``progress`` is told the line number now and
     then.
     """
+    return replay_events(
+        read_log(lines), policy, output, until=until, strict=strict, rejects=rejects,
+        progress=progress,
+    )  # fmt: skip
+
+
+def replay_events(
+    records: Iterable[tuple[int, PatientEvent | str]],
+    policy: Policy,
+    output: IO[str],
+    *,
+    until: int | None = None,
+    strict: bool = False,
+    rejects: IO[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[ReplaySummary, PartitionEngine]:
+    """:func:`replay` over (line number, event or reason) records (``streams.files``)."""
     rejects = sys.stderr if rejects is None else rejects
     engine = PartitionEngine(policy)
     summary = ReplaySummary()
     started = time.monotonic()
     write = output.write
-    for number, item in read_log(lines):
+    for number, item in records:
         if isinstance(item, str):
             if strict:
                 raise RejectedLine(number, item)

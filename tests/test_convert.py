@@ -99,7 +99,10 @@ def test_strict_stops_at_the_first_reject(
     assert "record 2: an event is a JSON object, not list" in capsys.readouterr().err
 
 
-def test_a_truncated_container_converts_what_it_can_and_exits_1(
+@pytest.mark.attack(
+    "convert a truncated Avro container", "exit 2, one line naming the record; output not made"
+)
+def test_a_truncated_container_exits_2_and_writes_nothing(
     simulated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     avro = tmp_path / "sim.avro"
@@ -108,9 +111,10 @@ def test_a_truncated_container_converts_what_it_can_and_exits_1(
     cut = tmp_path / "cut.avro"
     cut.write_bytes(data[: len(data) - 200])
     capsys.readouterr()
-    assert convert("--input", str(cut), "--output", str(tmp_path / "cut.jsonl")) == 1
+    assert convert("--input", str(cut), "--output", str(tmp_path / "cut.jsonl")) == 2
     err = capsys.readouterr().err
-    assert "corrupt Avro data" in err and "the rest is unreadable" in err
+    assert err == f"stepcare: {cut}: record 232: corrupt Avro data: the record body is truncated\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.avro", "sim.avro", "sim.jsonl"]
 
 
 def test_formats_by_content_extension_and_flag(simulated: Path, tmp_path: Path) -> None:

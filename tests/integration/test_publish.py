@@ -338,3 +338,54 @@ def test_from_and_to_publish_only_a_time_range(kafka_bootstrap: str, topic_name:
     records = read_partitions(kafka_bootstrap, topic_name, 2)
     published = sorted(decode_event(m.value())["event_id"] for ms in records.values() for m in ms)
     assert published == sorted(e["event_id"] for e in inside)
+
+
+@pytest.mark.attack(
+    "publish a log with a 2 MB event in the middle",
+    "that line rejected (number, size); every other event published; exit 0",
+)
+def test_an_event_too_large_for_the_broker_is_rejected_and_the_rest_published(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    create_topic(kafka_bootstrap, topic_name, 4)
+    huge = orjson.loads(LINES[0])
+    huge |= {"event_id": "e-huge", "attributes": {"note": "x" * 2_000_000}}
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join([*LINES[:5], json.dumps(huge), *LINES[5:]]) + "\n")
+
+    done = publish(kafka_bootstrap, "--input", str(log), "--topic", topic_name)
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(
+        r"line 6: event too large for the broker \(\d{7} bytes encoded, the producer's limit "
+        r"is 1000000\): not published",
+        lines[0],
+    )
+    assert re.fullmatch(
+        rf"published {len(LINES)} events to {re.escape(topic_name)} in \d+\.\d s "
+        r"\(\d+ events/s\); 1 rejected, 0 not delivered",
+        lines[1],
+    )
+    _check_published_example(kafka_bootstrap, topic_name)
+
+
+@pytest.mark.attack("publish a truncated Avro container", "exit 2, one line naming the record")
+def test_a_damaged_container_stops_publish_with_one_line(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    create_topic(kafka_bootstrap, topic_name, 4)
+    whole = tmp_path / "whole.avro"
+    write_avro_log(whole, [orjson.loads(line) for line in LINES] * 40)
+    cut = tmp_path / "cut.avro"
+    cut.write_bytes(whole.read_bytes()[:-300])
+
+    done = publish(kafka_bootstrap, "--input", str(cut), "--topic", topic_name)
+
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.decode()
+    assert err.count("\n") == 1
+    assert re.fullmatch(
+        rf"stepcare: {re.escape(str(cut))}: record \d+: corrupt Avro data: .*\n", err
+    )
