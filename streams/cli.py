@@ -53,6 +53,7 @@ ANALYSIS_COMMANDS = {
 }
 
 
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a process SIGPIPE ended
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EPIPE}
 
 
@@ -66,15 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         status = int(args.handler(args, settings) or 0)
-        try:
-            sys.stdout.flush()  # a full disk under stdout is reported here, not at exit
-        except OSError as exc:
-            raise stdout_error(exc) from None
+        sys.stdout.flush()  # a full disk under stdout is reported here, not at exit
         return status
     except OSError as exc:
         if exc.filename is not None or exc.errno not in _WRITE_ERRNOS:
             raise
-        print(f"stepcare: {stdout_error(exc)}", file=sys.stderr)  # print() to a full stdout
+        error = stdout_error(exc)
+        if exc.errno == errno.EPIPE:  # the reader went away (`| head`): quiet, as SIGPIPE is
+            return EXIT_BROKEN_PIPE
+        print(f"stepcare: {error}", file=sys.stderr)  # print() to a full stdout
         return EXIT_USAGE
     except (
         UsageError,

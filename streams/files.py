@@ -193,16 +193,19 @@ def open_text_output(name: str) -> Iterator[IO[str]]:
                 text.detach()  # open_output closes the file
 
 
-def stdout_error(exc: OSError) -> FileError:
-    """The one line for stdout that cannot be written (a full disk, a closed pipe).
+def stdout_error(exc: OSError) -> OSError:
+    """The one line for stdout that cannot be written (a full disk): a :class:`FileError`.
 
-    What is still buffered for stdout is dropped, so the interpreter's exit does not fail
-    again on it with a second message.
+    A closed pipe (``stepcare ... | head``) stays a ``BrokenPipeError``, which ``stepcare``
+    ends quietly, as a process ended by SIGPIPE. What is still buffered for stdout is dropped,
+    so the interpreter's exit does not fail again on it with a second message.
     """
     with contextlib.suppress(Exception):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+    if exc.errno == errno.EPIPE:
+        return exc
     return FileError(f"cannot write stdout: {exc.strerror or exc}")
 
 

@@ -276,6 +276,20 @@ def test_a_full_disk_is_one_line_in_every_command(command: str) -> None:
     assert one_line(done) == f"cannot write {where}: {FULL}"
 
 
+@pytest.mark.attack(
+    "stdout closed by its reader (stepcare simulate | head -c 100)",
+    "quiet exit 141, as SIGPIPE ends a process; no traceback, no message",
+)
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        done = stepcare("simulate", "--patients", "50", "--seed", "1", stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, b"")
+
+
 # -- one reader for every command ------------------------------------------------------------------
 
 
