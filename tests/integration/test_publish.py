@@ -112,7 +112,7 @@ def test_publish_sends_the_valid_events_and_reports_the_bad_lines(
     assert done.stdout == b""
     lines = done.stderr.decode().splitlines()
     assert lines[0].startswith("line 4: not JSON: ")
-    assert lines[1] == "line 12: item GP1: response 7 is outside 0-4"
+    assert lines[1] == "line 12: item GP1: the response is outside 0-4"
     assert re.fullmatch(
         rf"published 24 events to {re.escape(topic_name)} in \d+\.\d s \(\d+ events/s\); "
         r"2 rejected, 0 not delivered",
@@ -190,7 +190,7 @@ def test_strict_stops_at_the_first_bad_line_with_exit_2(
     lines = done.stderr.decode().splitlines()
     assert lines[0].startswith(f"published 3 events to {topic_name} in ")
     assert lines[0].endswith("; 1 rejected, 0 not delivered")
-    assert lines[1:] == ["stepcare: line 4: item GP1: response 7 is outside 0-4"]
+    assert lines[1:] == ["stepcare: line 4: item GP1: the response is outside 0-4"]
     records = read_partitions(kafka_bootstrap, topic_name, 4)
     assert sum(map(len, records.values())) == 3
 
