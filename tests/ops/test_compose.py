@@ -496,3 +496,19 @@ def test_schemas_sit_beside_the_package() -> None:
     assert re.search(r"pip install .*(-e|--editable) \.", install), (
         "an editable install keeps streams/ in the WORKDIR, beside schemas/"
     )
+
+
+@pytest.mark.attack(
+    "docker compose up on a host with other interfaces",
+    "every published port (broker, worker, Prometheus, Grafana) is bound to 127.0.0.1 only",
+)
+def test_every_published_port_is_bound_to_this_host_only(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    published = [str(p) for service in services.values() for p in service.get("ports", [])]
+    assert published and all(entry.startswith("127.0.0.1:") for entry in published), published
+
+
+def test_the_worker_has_time_to_stop_cleanly(services: dict[str, dict[str, Any]]) -> None:
+    grace = services["worker"]["stop_grace_period"]
+    assert re.fullmatch(r"\d+s", grace) and int(grace[:-1]) > 30  # README: stops within 30 s
