@@ -22,7 +22,7 @@ MIN_TIME = -62_135_596_800_000  # 0001-01-01T00:00:00Z
 MAX_TIME = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 # Events are accepted up to 9899, so that deadlines (at most 3 policy durations of at most 10
 # years each, streams.policy.MAX_DAYS) still fall within year 9999 and can be rendered.
-MAX_EVENT_TIME = 250_244_352_000_000  # 9900-01-01T00:00:00Z
+MAX_EVENT_TIME = 250_246_627_200_000  # 9900-01-01T00:00:00Z
 
 
 class EventType(StrEnum):
