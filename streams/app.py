@@ -54,7 +54,7 @@ from streams.codec import (
 )
 from streams.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, error_headers
 from streams.engine import Escalation, PatientState
-from streams.events import EventError, EventType, event_from_json, format_time
+from streams.events import DAY_MS, EventError, EventType, event_from_json, format_time
 from streams.metrics import DEAD_LETTERED, EVENT_TYPES, Census, WorkerMetrics
 from streams.policy import Policy, resolve_policy
 from streams.replay import PartitionEngine
@@ -69,7 +69,6 @@ _CLOCK_KEY = b"\x00clock/%d"
 CLOCK_SAVE = 3_600_000  # ms of event time between saves of a partition's clock
 LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
 FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now are refused
-DAY = 86_400_000  # ms
 # at_least_once: events handled while earlier ones still wait for their outputs' acks (a bound
 # on memory and on the work a crash repeats), and the pause before outputs the broker failed
 # (after the producer's own retries) are sent again.
@@ -243,7 +242,7 @@ class Monitor:
         self.wait_for_acks = settings.processing_guarantee == "at_least_once"
         self.live = settings.clock == "wall"
         # ms; 0: no limit. Live only: a replay (clock=event) processes history of any age.
-        self.max_age = settings.max_event_age_days * DAY if self.live else 0
+        self.max_age = settings.max_event_age_days * DAY_MS if self.live else 0
         self.engines: dict[int, PartitionEngine] = {}
         self.latest_event = 0  # ms
         self.saved_clock: dict[int, int] = {}  # partition -> the clock last written to the table
@@ -743,6 +742,11 @@ QUIET_LIBRARIES = ("aiokafka", "faust", "mode", "kafka", "confluent_kafka", "roc
 CLEAN_STOP = "clean-stop"  # in the data dir while no worker runs on it after a clean stop
 
 
+def tables_dir(data_dir: Path) -> Path:
+    """Where faust keeps the worker's RocksDB tables: <datadir>/v<app version>/tables."""
+    return data_dir / "v1" / "tables"
+
+
 def forget_unclean_state(data_dir: Path) -> bool:
     """After a crash, drop the local RocksDB tables so the state comes from the changelog.
 
@@ -751,7 +755,7 @@ def forget_unclean_state(data_dir: Path) -> bool:
     it would ignore the redelivered events as duplicates and never write those states.
     """
     marker = data_dir / CLEAN_STOP
-    tables = data_dir / "v1" / "tables"  # faust's layout: <datadir>/v<app version>/tables
+    tables = tables_dir(data_dir)
     dropped = tables.exists() and not marker.exists()
     if dropped:
         shutil.rmtree(tables)
@@ -772,7 +776,7 @@ def forget_stale_tables(settings: Settings) -> bool:
     ("persisted offset ... higher than the last offset in that topic"). The changelog is the
     reference: the tables are dropped and recovered from it, as after an unclean stop.
     """
-    tables = settings.data_dir / "v1" / "tables"
+    tables = tables_dir(settings.data_dir)
     persisted = {}
     for path in sorted(tables.glob(f"{TABLE}-*.db")) if tables.is_dir() else ():
         match = _TABLE_DB.fullmatch(path.name)
@@ -854,7 +858,7 @@ def run(app: faust.App, settings: Settings) -> int:
     crashed = [getattr(service, "crash_reason", None) for service in (worker, app)]
     if any(isinstance(reason, ConsistencyError) for reason in crashed):
         # Stale tables forget_stale_tables could not see (no answer from the broker then).
-        shutil.rmtree(settings.data_dir / "v1" / "tables", ignore_errors=True)
+        shutil.rmtree(tables_dir(settings.data_dir), ignore_errors=True)
         log.error("the local tables remembered changelog records the broker does not have: "
                   "they are dropped; start the worker again to recover them from the "
                   "changelog")  # fmt: skip
