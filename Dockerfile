@@ -1,22 +1,29 @@
 # The stepcare worker (`stepcare worker`), configured only by STEPCARE_* variables (README.md).
 # Built and run by docker-compose.yml; validated without a Docker engine by tests/ops/test_compose.py.
+FROM python:3.11.14-slim-bookworm AS wheel
+
+# The wheel carries the package and its data (the policies, the Avro schemas of schemas/, which
+# streams/formats/schemas links to); the image installs it, not an editable tree.
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY schemas/ ./schemas/
+COPY streams/ ./streams/
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM python:3.11.14-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# streams/codec.py reads the Avro schemas from the folder beside the package
-# (Path(__file__).resolve().parents[1] / "schemas"), so the package is installed in editable
-# mode from /app: /app/streams and /app/schemas are siblings, as in the repository.
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY schemas/ ./schemas/
-COPY streams/ ./streams/
-RUN pip install --no-cache-dir -e . \
-    && useradd --system --uid 10001 --user-group --home-dir /app --no-create-home stepcare \
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN pip install --no-cache-dir /tmp/wheels/stepcare-*.whl \
+    && rm -rf /tmp/wheels \
+    && useradd --system --uid 10001 --user-group --home-dir /var/lib/stepcare --no-create-home stepcare \
     && mkdir -p /var/lib/stepcare \
     && chown stepcare:stepcare /var/lib/stepcare
+
+WORKDIR /var/lib/stepcare
 
 ENV STEPCARE_DATA_DIR=/var/lib/stepcare \
     STEPCARE_WEB_HOST=0.0.0.0

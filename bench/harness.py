@@ -26,8 +26,8 @@ import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.broker import Cluster, free_nodes
-from streams.codec import encode_event
+from streams.devtools.broker import Cluster, free_nodes
+from streams.formats.avro import encode_event
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / "bench" / ".data"
@@ -52,7 +52,8 @@ def free_port() -> int:
 
 
 class Broker:
-    """A single-node KRaft broker of the project's own (``streams.broker``), on free ports."""
+    """A single-node KRaft broker of the project's own (``streams.devtools.broker``), on free
+    ports."""
 
     def __init__(self, run_dir: Path, version: str, heap_mb: int = 512) -> None:
         cache = Path(os.environ.get("STEPCARE_CACHE_DIR", ROOT / ".cache"))
@@ -121,7 +122,7 @@ def encode_jsonl(path: Path) -> EncodedLog:
 
 
 def _millis(text: str) -> int:
-    from streams.events import parse_time
+    from streams.clinical.events import parse_time
 
     return parse_time(text)
 
@@ -462,7 +463,7 @@ SURVEY_AFTER_MS = 30 * 60_000  # the baseline form, half an hour after enrollmen
 
 
 def enrolled_event(patient_id: str, at_ms: int, event_id: str) -> dict[str, Any]:
-    from streams.events import format_time
+    from streams.clinical.events import format_time
 
     return {"event_id": event_id, "patient_id": patient_id, "occurred_at": format_time(at_ms),
             "type": "ENROLLED", "source": "ehr"}  # fmt: skip
@@ -476,7 +477,7 @@ def enrollment_log(patients: int, seed: int, start_ms: int, prefix: str = "r") -
 
     import replay as offline  # bench/replay.py: its FACT-L response generator
 
-    from streams.events import format_time
+    from streams.clinical.events import format_time
 
     rng = Random(seed)
     timed: list[tuple[int, int, dict[str, Any]]] = []
@@ -502,8 +503,8 @@ def enrollment_log(patients: int, seed: int, start_ms: int, prefix: str = "r") -
 
 
 class _RecordingTable:
-    """What ``streams.app.Monitor`` needs of faust's table, recording every write (which faust
-    sends to the changelog partition of the record being processed)."""
+    """What ``streams.worker.app.Monitor`` needs of faust's table, recording every write (which
+    faust sends to the changelog partition of the record being processed)."""
 
     def __init__(self) -> None:
         self.values: dict[bytes, bytes] = {}
@@ -542,17 +543,17 @@ def worker_changelog(
 ) -> dict[int, list[tuple[bytes, bytes]]]:
     """The records a worker writes to its table's changelog for ``log`` (published to
     ``partitions``), per partition and in order: the worker's own ``Monitor._process``
-    (``streams.app``: engine, ``BufferedStates``, clock saves) runs in this process over the
+    (``streams.worker.app``: engine, ``BufferedStates``, clock saves) runs in this process over the
     records, with a table that records its writes and topics that acknowledge at once."""
     import asyncio
     from types import SimpleNamespace
 
     from prometheus_client import CollectorRegistry
 
-    from streams.app import Monitor
-    from streams.metrics import WorkerMetrics
-    from streams.policy import resolve_policy
-    from streams.settings import Settings
+    from streams.clinical.policy import resolve_policy
+    from streams.kafka.settings import Settings
+    from streams.worker.app import Monitor
+    from streams.worker.metrics import WorkerMetrics
 
     settings = Settings.from_env({"STEPCARE_CLOCK": "event"})
     policy = resolve_policy(settings.policy)

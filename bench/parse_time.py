@@ -1,9 +1,11 @@
-"""Micro-benchmark of ``streams.events.parse_time``, the offline replay's per-line time parser.
+"""Micro-benchmark of ``streams.clinical.events.parse_time``, the offline replay's per-line time
+parser.
 
 Run it from the project root (a command, never a test)::
 
     .venv/bin/python bench/parse_time.py                  # this tree
-    .venv/bin/python bench/parse_time.py --against 031424e  # and streams/events.py of a commit
+    .venv/bin/python bench/parse_time.py --against 031424e  # and streams/clinical/events.py of a
+    commit
 
 It times 10,000 seeded stamps of each common shape (whole seconds and milliseconds, UTC),
 best of 9 repeats, alternating this tree and the other commit so that both see the same load.
@@ -21,12 +23,15 @@ import timeit
 from collections.abc import Callable
 from pathlib import Path
 
-from streams.events import format_time, parse_time
+from streams.clinical.events import format_time, parse_time
 
 
 def _parser_of(rev: str) -> Callable[[object], int]:
     source = subprocess.run(
-        ["git", "show", f"{rev}:streams/events.py"], check=True, capture_output=True, text=True
+        ["git", "show", f"{rev}:streams/clinical/events.py"],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     path = Path(tempfile.mkdtemp()) / "events_at_rev.py"
     path.write_text(source)
@@ -40,7 +45,9 @@ def _parser_of(rev: str) -> Callable[[object], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--against", metavar="REV", help="also time streams/events.py of REV")
+    parser.add_argument(
+        "--against", metavar="REV", help="also time streams/clinical/events.py of REV"
+    )
     args = parser.parse_args()
     rnd = random.Random(7)
     start = 1_704_067_200_000  # 2024-01-01

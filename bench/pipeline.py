@@ -1,9 +1,9 @@
 """The per-record work every Kafka pipeline of the benchmark does, outside any framework.
 
 Shared by ``bench/raw_loop.py`` (confluent-kafka, the project's venv) and
-``bench/quix_peer.py`` (Quix Streams, a separate venv): neither may import ``streams.app``
+``bench/quix_peer.py`` (Quix Streams, a separate venv): neither may import ``streams.worker.app``
 (it imports faust, absent from the Quix venv); the worker's helpers they share live in
-faust-free modules (``streams.codec.cloudevent_headers``).
+faust-free modules (``streams.formats.avro.cloudevent_headers``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import json
 import sys
 import time
 
-from streams.codec import decode_event, encode_escalation
-from streams.engine import Escalation
-from streams.events import PatientEvent, event_from_json
+from streams.clinical.engine import Escalation
+from streams.clinical.events import PatientEvent, event_from_json
+from streams.formats.avro import decode_event, encode_escalation
 
 
 def read_event(key: bytes | None, value: bytes) -> PatientEvent:

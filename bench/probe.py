@@ -50,8 +50,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams import app as worker_app  # noqa: E402
 from streams import cli  # noqa: E402
+from streams.worker import app as worker_app  # noqa: E402
 
 STAGES = ("decode", "engine", "publish", "store", "rest", "between")
 OVERLAPPING = ("table_writes", "state_reads", "commits")

@@ -8,10 +8,10 @@ pins 2.16.1) with the project on ``PYTHONPATH``::
 
 A StreamingDataFrame over the input topic: per record, decode the Avro SOE and validate
 (``bench/pipeline.py``, as the worker), read the patient's state from the Quix State store
-(RocksDB, changelog topic on, values stored as ``streams.statecodec`` bytes, as the worker's
-table), apply ``streams.engine.apply`` (the FACT-L step-up rule and every other per-event rule),
-write the state back if it changed, and publish each escalation (Avro) keyed by patient id with
-the CloudEvents headers. Commit interval 1 s, as the worker. What it does not do, being
+(RocksDB, changelog topic on, values stored as ``streams.formats.state`` bytes, as the worker's
+table), apply ``streams.clinical.engine.apply`` (the FACT-L step-up rule and every other per-event
+rule), write the state back if it changed, and publish each escalation (Avro) keyed by patient id
+with the CloudEvents headers. Commit interval 1 s, as the worker. What it does not do, being
 per-key: the partition clock and the timer index (``PartitionEngine.advance_to``: overdue
 timers across patients), so it publishes the event-driven escalations only.
 
@@ -41,10 +41,10 @@ from quixstreams import Application, State  # noqa: E402
 from quixstreams.models import TopicConfig  # noqa: E402
 from quixstreams.state.rocksdb import RocksDBOptions  # noqa: E402
 
-from streams.codec import cloudevent_headers  # noqa: E402
-from streams.engine import NEW_PATIENT, apply  # noqa: E402
-from streams.policy import resolve_policy  # noqa: E402
-from streams.statecodec import decode_state, encode_state  # noqa: E402
+from streams.clinical.engine import NEW_PATIENT, apply  # noqa: E402
+from streams.clinical.policy import resolve_policy  # noqa: E402
+from streams.formats.avro import cloudevent_headers  # noqa: E402
+from streams.formats.state import decode_state, encode_state  # noqa: E402
 
 STATE_KEY = b"s"  # bytes: Quix serializes str keys with `dumps` (here: bytes only)
 

@@ -5,8 +5,8 @@
 
 Per record it does what the worker does (``bench/pipeline.py``): decode the Avro SOE,
 validate (``event_from_json``), check the key, run the partition's
-:class:`~streams.replay.PartitionEngine` (patient states in a dict: no RocksDB, no changelog,
-no ``statecodec``), encode each escalation and produce it keyed by patient id with the
+:class:`~streams.analysis.replay.PartitionEngine` (patient states in a dict: no RocksDB, no
+changelog, no ``statecodec``), encode each escalation and produce it keyed by patient id with the
 CloudEvents headers (``--ack-each``: and waits for their acks before the next record, as the
 worker does at least once). Offsets are committed every second like the worker's
 ``broker_commit_interval``: at least once, after ``flush()`` (escalations acknowledged before
@@ -28,9 +28,9 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pipeline import escalation_value, read_event, report, say, started
 
-from streams.codec import cloudevent_headers
-from streams.policy import resolve_policy
-from streams.replay import PartitionEngine
+from streams.analysis.replay import PartitionEngine
+from streams.clinical.policy import resolve_policy
+from streams.formats.avro import cloudevent_headers
 
 COMMIT_INTERVAL = 1.0
 

@@ -16,7 +16,7 @@ What it does:
    twice, and ~60% of patients die or are disenrolled. The log goes to ``--log`` (default: a
    temporary file in ``bench/.data/``) and is deleted at the end unless ``--keep``. Generation
    time is reported separately and is not part of any throughput figure.
-2. Times the whole offline path in-process on one core, ``streams.replay.replay`` over the
+2. Times the whole offline path in-process on one core, ``streams.analysis.replay.replay`` over the
    file (JSON parsing, validation, FACT-L scoring, engine, JSON output to ``/dev/null``), with
    the clock advanced to 400 days after the last event at the end; then times the CLI end to
    end once (``python -m streams.cli replay``, interpreter start-up included).
@@ -50,12 +50,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from random import Random
 
-from streams.engine import PatientState
-from streams.events import DAY_MS, EventType, format_time, parse_time
-from streams.policy import Policy, resolve_policy
-from streams.replay import ReplaySummary, replay
-from streams.scoring import REVERSED, SUBSCALES, UNSCORED
-from streams.statecodec import encode_state
+from streams.analysis.replay import ReplaySummary, replay
+from streams.clinical.engine import PatientState
+from streams.clinical.events import DAY_MS, EventType, format_time, parse_time
+from streams.clinical.policy import Policy, resolve_policy
+from streams.clinical.scoring import REVERSED, SUBSCALES, UNSCORED
+from streams.formats.state import encode_state
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(__file__).resolve().parent / ".data"

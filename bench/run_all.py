@@ -64,10 +64,10 @@ import replay as offline
 from confluent_kafka import Consumer, TopicPartition
 from harness import progress
 
-from streams.codec import encode_event
-from streams.events import format_time
-from streams.policy import resolve_policy
-from streams.statecodec import encode_state
+from streams.clinical.events import format_time
+from streams.clinical.policy import resolve_policy
+from streams.formats.avro import encode_event
+from streams.formats.state import encode_state
 
 ROOT = h.ROOT
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -237,7 +237,7 @@ def _loadavg() -> str:
 
 
 def _java_left(run_dir: Path) -> list[int]:
-    from streams.broker import broker_pids
+    from streams.devtools.broker import broker_pids
 
     with contextlib.suppress(Exception):
         return broker_pids(run_dir / "kafka")
@@ -956,7 +956,7 @@ def replay_section(r: dict[str, Any]) -> str:
         f"`bench/replay.py`'s seeded cohort (seed {r['seed']}): {r['events']:,} events, "
         f"{r['patients']:,} patients, {r['escalations']:,} escalations; one core.\n",
         "| Measure | Value |", "|---|---|",
-        f"| In-process `streams.replay.replay` | {_f(r['in_process_rate'])} events/s "
+        f"| In-process `streams.analysis.replay.replay` | {_f(r['in_process_rate'])} events/s "
         f"({r['in_process_seconds']:.1f} s) |",
         f"| `stepcare replay` CLI end to end | {_f(r['cli_rate'])} events/s "
         f"({r['cli_seconds']:.1f} s, start-up included) |",

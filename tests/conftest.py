@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from streams.broker import Cluster, free_nodes
-from streams.settings import KAFKA_VERSIONS, Settings
+from streams.devtools.broker import Cluster, free_nodes
+from streams.kafka.settings import KAFKA_VERSIONS, Settings
 
 EXTERNAL = os.environ.get("STEPCARE_TEST_BOOTSTRAP")
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from itertools import count
 
-from streams.engine import Escalation, Kind
-from streams.events import EventType, PatientEvent, Survey, parse_time
-from streams.policy import Policy, builtin_policy
-from streams.replay import PartitionEngine, Processed
-from streams.scoring import REVERSED, SUBSCALES, score_fact_l
+from streams.analysis.replay import PartitionEngine, Processed
+from streams.clinical.engine import Escalation, Kind
+from streams.clinical.events import EventType, PatientEvent, Survey, parse_time
+from streams.clinical.policy import Policy, builtin_policy
+from streams.clinical.scoring import REVERSED, SUBSCALES, score_fact_l
 
 STEP_PC = builtin_policy("step-pc-2024")
 EARLY_PC = builtin_policy("early-pc")
@@ -112,6 +112,6 @@ class Story:
 
 
 def _day(ms: int) -> str:
-    from streams.events import format_time
+    from streams.clinical.events import format_time
 
     return format_time(ms)[:10]

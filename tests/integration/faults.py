@@ -30,12 +30,12 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.broker import Cluster
-from streams.codec import decode_escalation
-from streams.policy import builtin_policy
-from streams.publish import LogSource, producer_config, publish_log
-from streams.replay import canonical_json, replay
-from streams.settings import Settings
+from streams.analysis.replay import canonical_json, replay
+from streams.clinical.policy import builtin_policy
+from streams.devtools.broker import Cluster
+from streams.formats.avro import decode_escalation
+from streams.kafka.publish import LogSource, producer_config, publish_log
+from streams.kafka.settings import Settings
 from tests.integration.workers import WorkerProcess, free_port
 
 PARTITIONS = 4
@@ -310,8 +310,8 @@ class FaultRun:
 
     # -- topics -----------------------------------------------------------------------------------
     def create_topics(self) -> None:
-        """The worker's three topics as ``streams.topics.ensure_topics`` makes them (4 partitions,
-        replication 3, min ISR 2), but keeping every record whatever its timestamp.
+        """The worker's three topics as ``streams.kafka.topics.ensure_topics`` makes them (4
+        partitions, replication 3, min ISR 2), but keeping every record whatever its timestamp.
 
         Records carry their event time as timestamp (``occurred_at``); this cohort's are months
         old, so with the broker's default ``retention.ms`` (7 days) a segment of the input or

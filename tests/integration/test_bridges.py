@@ -42,21 +42,27 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from fhir.resources.R4B.bundle import Bundle
 
-from streams import fhir, hl7
-from streams.bridge import FHIR_JSON, BridgeError, LiveBridge, fhir_in_record
+from streams.analysis.replay import canonical_json
 from streams.cli import main
-from streams.codec import decode_escalation, decode_event, encode_escalation, encode_event
-from streams.events import parse_time
-from streams.pseudonym import SECRET_ENV, SECRET_FILE_ENV, Pseudonymizer
-from streams.publish import producer_config
-from streams.replay import canonical_json
-from streams.settings import Settings
+from streams.clinical.events import parse_time
+from streams.formats.avro import decode_escalation, decode_event, encode_escalation, encode_event
+from streams.interfaces import fhir, hl7
+from streams.interfaces.bridge import FHIR_JSON, BridgeError, LiveBridge, fhir_in_record
+from streams.interfaces.pseudonym import SECRET_ENV, SECRET_FILE_ENV, Pseudonymizer
+from streams.kafka.publish import producer_config
+from streams.kafka.settings import Settings
 from tests.integration.workers import REPO, Deployment, read_topic
-from tests.test_asyncapi import DOC_PATH, header_validator
-from tests.test_fhir import INVALID_SAMPLES, MRN_SYSTEM, SECRET, as_adt, as_questionnaire_response
-from tests.test_fhir import SOURCE_IDS as FHIR_SOURCE_IDS
-from tests.test_hl7 import MALFORMED
-from tests.test_hl7 import SOURCE_IDS as HL7_SOURCE_IDS
+from tests.unit.interfaces.test_fhir import (
+    INVALID_SAMPLES,
+    MRN_SYSTEM,
+    SECRET,
+    as_adt,
+    as_questionnaire_response,
+)
+from tests.unit.interfaces.test_fhir import SOURCE_IDS as FHIR_SOURCE_IDS
+from tests.unit.interfaces.test_hl7 import MALFORMED
+from tests.unit.interfaces.test_hl7 import SOURCE_IDS as HL7_SOURCE_IDS
+from tests.unit.kafka.test_asyncapi import DOC_PATH, header_validator
 
 EXAMPLE = REPO / "examples" / "three-patients.jsonl"
 EXAMPLE_ESCALATIONS = REPO / "examples" / "three-patients.escalations.jsonl"
@@ -506,7 +512,7 @@ def test_a_batch_is_committed_after_its_records_are_acknowledged(
         b"not-json",
         b"fhir-invalid",
     ]
-    # stepcare's own headers first (streams/deadletter.py), then the record's
+    # stepcare's own headers first (streams/kafka/deadletter.py), then the record's
     assert all(d["key"] == b"MRN-1" and d["headers"][5] == ("origin", b"portal") for d in dead)
     assert [[name for name, _ in d["headers"][:5]] for d in dead] == [
         ["error.reason", "error.detail", "source.topic", "source.partition", "source.offset"]
@@ -526,7 +532,7 @@ def test_nothing_is_committed_when_a_record_is_not_delivered(
 def test_a_defect_of_an_adapter_is_a_dead_letter_not_a_crash(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from streams import fhir as fhir_module
+    from streams.interfaces import fhir as fhir_module
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise KeyError("MRN-1")  # its message is never shown: it could hold anything
@@ -553,7 +559,7 @@ def test_a_dead_letter_of_a_bridge_always_fits_and_cannot_be_forged(
 ) -> None:
     import confluent_kafka
 
-    from streams.deadletter import _record_size
+    from streams.kafka.deadletter import _record_size
 
     record = FakeRecord(0, b"[1]", key=b"k" * 1_200_000)
     record.headers = lambda: [("error.reason", b"none")]  # type: ignore[method-assign]

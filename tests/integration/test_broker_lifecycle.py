@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.broker import Cluster, broker_pids, free_nodes
-from streams.settings import Settings
+from streams.devtools.broker import Cluster, broker_pids, free_nodes
+from streams.kafka.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = Settings.from_env()

@@ -23,11 +23,11 @@ from pathlib import Path
 import orjson
 from prometheus_client import CollectorRegistry
 
-from streams.demo import demo_cohort
-from streams.events import parse_time
-from streams.metrics import CARE_STEPS, OUTCOMES, Census, WorkerMetrics
-from streams.policy import builtin_policy
-from streams.replay import ReplaySummary, replay
+from streams.analysis.replay import ReplaySummary, replay
+from streams.clinical.events import parse_time
+from streams.clinical.policy import builtin_policy
+from streams.devtools.demo import demo_cohort
+from streams.worker.metrics import CARE_STEPS, OUTCOMES, Census, WorkerMetrics
 from tests.integration.workers import REPO, Deployment, free_port
 from tests.ops.test_dashboard import picture
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from streams.broker import broker_pids, free_nodes
+from streams.devtools.broker import broker_pids, free_nodes
 from tests.integration.workers import REPO, free_port
 
 ESCALATION_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\S+Z  [A-Z_]+ +demo-\d{4} +due ")

@@ -20,7 +20,7 @@ end, unless it exited before getting ready while a broker was down (reported, no
 The test creates the topics itself with ``retention.ms=-1`` (see
 ``FaultRun.create_topics``: with the broker's 7-day default, records stamped with months-old
 event times are deleted under a lagging worker). ``exactly_once`` holds with the fixes in
-``streams/faustfix.py`` (found by this test; each is described there).
+``streams/worker/faust_patches.py`` (found by this test; each is described there).
 
 Size (``STEPCARE_FAULTS``): ``short`` (default: 320 patients, ~3,100 events, 2 kills, one
 broker stopped with SIGTERM; about a minute and a half per guarantee) or ``full`` (2,200
@@ -39,10 +39,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.broker import Cluster, broker_pids, free_nodes
-from streams.demo import demo_cohort
-from streams.events import parse_time
-from streams.settings import Settings
+from streams.clinical.events import parse_time
+from streams.devtools.broker import Cluster, broker_pids, free_nodes
+from streams.devtools.demo import demo_cohort
+from streams.kafka.settings import Settings
 from tests.integration.faults import (
     SIZES,
     FaultRun,

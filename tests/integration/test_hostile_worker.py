@@ -4,8 +4,8 @@ without a key, interleaved with valid events. The worker keeps running and stays
 bad record is in the dead-letter topic with its reason, every valid event is processed exactly
 as ``stepcare replay`` processes its partition, and the metrics count every record once.
 
-The defects found here (B9-B11) are fixed and pinned by the last test; see tests/test_hostile.py
-for the others."""
+The defects found here (B9-B11) are fixed and pinned by the last test; see
+tests/unit/cli/test_hostile.py for the others."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from streams.codec import CodecError, decode_event, encode_event
-from streams.events import EventError, event_from_json, format_time, parse_time
-from streams.metrics import DEAD_LETTER_REASONS
-from streams.policy import builtin_policy
-from streams.replay import replay
+from streams.analysis.replay import replay
+from streams.clinical.events import EventError, event_from_json, format_time, parse_time
+from streams.clinical.policy import builtin_policy
+from streams.formats.avro import CodecError, decode_event, encode_event
+from streams.worker.metrics import DEAD_LETTER_REASONS
 from tests.integration.workers import REPO, Deployment, read_topic
 from tests.stories import form
 

@@ -16,10 +16,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.codec import decode_event, write_avro_log
-from streams.events import parse_time
-from streams.publish import Progress, PublishSummary, TokenBucket
-from streams.replay import canonical_json
+from streams.analysis.replay import canonical_json
+from streams.clinical.events import parse_time
+from streams.formats.avro import decode_event, write_avro_log
+from streams.kafka.publish import Progress, PublishSummary, TokenBucket
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "three-patients.jsonl"
@@ -43,7 +43,15 @@ def topic_exists(bootstrap: str, name: str) -> bool:
 
 
 def publish(bootstrap: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "streams.cli", "publish", "--bootstrap-servers", bootstrap, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "publish",
+        "--bootstrap-servers",
+        bootstrap,
+        *args,
+    ]
     return subprocess.run(cmd, input=stdin, capture_output=True, cwd=REPO, timeout=120, check=False)
 
 

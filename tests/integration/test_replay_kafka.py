@@ -14,10 +14,10 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streams.codec import decode_escalation
-from streams.events import parse_time
-from streams.policy import builtin_policy
-from streams.replay import replay
+from streams.analysis.replay import replay
+from streams.clinical.events import parse_time
+from streams.clinical.policy import builtin_policy
+from streams.formats.avro import decode_escalation
 from tests.integration.workers import REPO, Deployment, read_topic
 
 EXAMPLE = REPO / "examples/three-patients.jsonl"

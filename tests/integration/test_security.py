@@ -22,8 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import Cluster, Security, broker_pids, free_nodes, grant_acls, stepcare_acls
-from streams.settings import Settings
+from streams.devtools.broker import (
+    Cluster,
+    Security,
+    broker_pids,
+    free_nodes,
+    grant_acls,
+    stepcare_acls,
+)
+from streams.kafka.settings import Settings
 from tests.integration.workers import Deployment, WorkerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]

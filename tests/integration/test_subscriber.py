@@ -29,7 +29,7 @@ import fastavro
 from confluent_kafka import Consumer, Producer, TopicPartition
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from streams.codec import encode_escalation
+from streams.formats.avro import encode_escalation
 from tests.integration.test_broker_smoke import consume_all, create_topic
 
 REPO = Path(__file__).resolve().parents[2]

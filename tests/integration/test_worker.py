@@ -13,11 +13,11 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from streams.codec import encode_event
-from streams.demo import demo_cohort
-from streams.events import DAY_MS, EventType, format_time, parse_time
-from streams.policy import builtin_policy
-from streams.replay import replay
+from streams.analysis.replay import replay
+from streams.clinical.events import DAY_MS, EventType, format_time, parse_time
+from streams.clinical.policy import builtin_policy
+from streams.devtools.demo import demo_cohort
+from streams.formats.avro import encode_event
 from tests.integration.workers import REPO, Deployment, read_topic
 
 END = "2025-06-01T00:00:00Z"

@@ -12,12 +12,12 @@ import orjson
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.codec import encode_event
-from streams.engine import Outcome
-from streams.events import EventType, event_from_json, parse_time
-from streams.metrics import care_step_label
-from streams.policy import builtin_policy
-from streams.replay import PartitionEngine
+from streams.analysis.replay import PartitionEngine
+from streams.clinical.engine import Outcome
+from streams.clinical.events import EventType, event_from_json, parse_time
+from streams.clinical.policy import builtin_policy
+from streams.formats.avro import encode_event
+from streams.worker.metrics import care_step_label
 from tests.integration.workers import REPO, Deployment, read_topic
 
 UNTIL = "2024-09-01T00:00:00Z"

@@ -30,8 +30,8 @@ from confluent_kafka.admin import (
     NewTopic,
 )
 
-from streams.codec import encode_event
-from streams.events import DAY_MS, format_time
+from streams.clinical.events import DAY_MS, format_time
+from streams.formats.avro import encode_event
 from tests.integration.workers import Deployment, WorkerProcess, read_topic
 
 

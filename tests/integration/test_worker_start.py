@@ -17,8 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.broker import Cluster, free_nodes
-from streams.settings import Settings
+from streams.devtools.broker import Cluster, free_nodes
+from streams.kafka.settings import Settings
 from tests.integration.workers import REPO, Deployment, WorkerProcess
 
 TICK = "2024-09-01T00:00:00Z"  # the --until of examples/three-patients.escalations.jsonl

@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streams.codec import decode_escalation
-from streams.replay import canonical_json
+from streams.analysis.replay import canonical_json
+from streams.formats.avro import decode_escalation
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -30,7 +30,7 @@ RUNBOOK_URL = "https://github.com/stepcare/stepcare/blob/main/docs/runbook.md#"
 TEAMS = {"stepcare-service.yml": "ops", "stepcare-clinical.yml": "clinical"}
 SEVERITIES = {"critical", "warning"}
 
-# The worker's metrics contract (streams/metrics.py), as series names in PromQL.
+# The worker's metrics contract (streams/worker/metrics.py), as series names in PromQL.
 CONTRACT = {
     "stepcare_events_total",
     "stepcare_escalations_total",
@@ -337,8 +337,8 @@ def test_alert_uses_only_contract_metrics(item: tuple[str, dict[str, Any]]) -> N
 
 
 def worker_registry() -> CollectorRegistry:
-    from streams.metrics import WorkerMetrics
-    from streams.policy import builtin_policy
+    from streams.clinical.policy import builtin_policy
+    from streams.worker.metrics import WorkerMetrics
 
     registry = CollectorRegistry()
     WorkerMetrics(registry, builtin_policy("step-pc-2024"))
@@ -358,4 +358,4 @@ def test_contract_is_what_the_worker_exports() -> None:
         for suffix in suffixes.get(family.type, [""])
     }
     missing = CONTRACT - exported
-    assert not missing, f"renamed or removed in streams/metrics.py: {missing}"
+    assert not missing, f"renamed or removed in streams/worker/metrics.py: {missing}"

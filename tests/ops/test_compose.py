@@ -6,7 +6,7 @@ a negative test proves that check can fail), and the asserts below check what Co
 images are pinned, every bind-mounted path exists in the repository, the worker's environment
 holds only real `STEPCARE_*` settings with values `Settings` accepts, and the services agree with
 each other (the broker listener the worker uses, the port Prometheus scrapes, the dashboards path
-Grafana's provider reads, the paths the Dockerfile copies and the layout `streams/codec.py` needs).
+Grafana's provider reads, the paths the Dockerfile copies and the layout `streams/avro.py` needs).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streams import codec
-from streams.settings import KAFKA_VERSIONS, Settings
+from streams.formats import avro
+from streams.kafka.settings import KAFKA_VERSIONS, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -413,11 +413,11 @@ def dockerfile_env() -> dict[str, str]:
 
 
 def test_base_image_is_pinned_python_311() -> None:
-    (base,) = instructions("FROM")
-    image = base.split()[0]
-    tag = image_tag(image)
-    assert image.startswith("python:") and tag, base
-    assert re.fullmatch(r"3\.11\.\d+-slim(-\w+)?", tag), f"{image}: pin a 3.11.x slim tag"
+    for base in instructions("FROM"):  # the wheel stage and the image
+        image = base.split()[0]
+        tag = image_tag(image)
+        assert image.startswith("python:") and tag, base
+        assert re.fullmatch(r"3\.11\.\d+-slim(-\w+)?", tag), f"{image}: pin a 3.11.x slim tag"
 
 
 def test_runs_as_a_non_root_user() -> None:
@@ -456,11 +456,12 @@ def test_entrypoint_is_the_console_script() -> None:
 
 
 def copies() -> list[tuple[list[str], str]]:
-    """(sources, destination) of each COPY from the build context."""
+    """(sources, destination) of each COPY from the build context (not from a stage)."""
     result = []
     for args in instructions("COPY"):
+        if args.startswith("--from"):
+            continue
         parts = [p for p in args.split() if not p.startswith("--")]
-        assert not args.startswith("--from"), "single stage: every COPY is from the context"
         result.append((parts[:-1], parts[-1]))
     return result
 
@@ -479,23 +480,27 @@ def test_copied_paths_exist_and_are_not_ignored() -> None:
         assert heavy in ignored, f".dockerignore should exclude {heavy}"
 
 
-def test_schemas_sit_beside_the_package() -> None:
-    """codec reads ``<package parent>/schemas``: the image keeps the repository's layout."""
-    assert codec.SCHEMA_DIR == REPO / "schemas"
-    (workdir,) = instructions("WORKDIR")
+def test_the_image_installs_the_wheel_with_its_schemas() -> None:
+    """A first stage builds the wheel from the tree the schemas link points into; the image
+    installs that wheel (package data included), never an editable tree."""
+    assert Path(str(avro.SCHEMA_DIR)).resolve() == REPO / "schemas"
+    (workdir, _) = instructions("WORKDIR")
     destinations = {
         source.rstrip("/"): PurePosixPath(workdir) / dest
         for sources, dest in copies()
         for source in sources
     }
+    # streams/formats/schemas -> ../../schemas must resolve inside the build stage
     assert destinations["streams"] == PurePosixPath(workdir) / "streams"
     assert destinations["schemas"] == PurePosixPath(workdir) / "schemas"
     # pyproject names README.md as the readme: the build needs it
     assert destinations["README.md"].parent == destinations["pyproject.toml"].parent
-    install = next(run for run in instructions("RUN") if "pip install" in run)
-    assert re.search(r"pip install .*(-e|--editable) \.", install), (
-        "an editable install keeps streams/ in the WORKDIR, beside schemas/"
-    )
+    build, install = (run for run in instructions("RUN") if "pip " in run)
+    assert re.search(r"pip wheel .*--no-deps .*\.$", build)
+    assert re.search(r"pip install [^&]*\.whl", install)
+    assert "-e" not in install.split() and "--editable" not in install
+    (stage,) = (args for args in instructions("COPY") if args.startswith("--from"))
+    assert stage.startswith("--from=wheel ")
 
 
 @pytest.mark.attack(

@@ -2,8 +2,8 @@
 
 Every panel uses the provisioned datasource, every query parses (``promtool check rules`` on a
 rule file with one recording rule per query, Grafana's macros substituted), and every metric a
-query reads is one the worker exposes (``streams/metrics.py``) or ``up``. That the queries also
-return the right data from a real worker is ``tests/integration/test_dashboard_live.py``.
+query reads is one the worker exposes (``streams/worker/metrics.py``) or ``up``. That the queries
+also return the right data from a real worker is ``tests/integration/test_dashboard_live.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from streams.metrics import WorkerMetrics
-from streams.policy import builtin_policy
+from streams.clinical.policy import builtin_policy
+from streams.worker.metrics import WorkerMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "deploy" / "grafana"
@@ -76,7 +76,7 @@ def test_metric_names_finds_the_selected_metrics_only() -> None:
 
 
 def worker_families() -> list:
-    """The worker's metric families (streams/metrics.py), on a fresh registry."""
+    """The worker's metric families (streams/worker/metrics.py), on a fresh registry."""
     registry = CollectorRegistry()
     WorkerMetrics(registry, builtin_policy("step-pc-2024"))
     return list(registry.collect())
@@ -204,7 +204,7 @@ def test_every_query_reads_metrics_the_worker_exposes() -> None:
         names = metric_names(grafana_expr(target["expr"]))
         assert names, f"{panel['title']}: {target['expr']}"
         unknown = names - exposed - {"up"}
-        assert not unknown, f"{panel['title']}: {sorted(unknown)} not in streams/metrics.py"
+        assert not unknown, f"{panel['title']}: {sorted(unknown)} not in streams/worker/metrics.py"
         used |= names
     # Every domain metric is on the dashboard, but these two: the build info is metadata, and
     # the event-time watermark is the patients' clock (far in the past in a replay).

@@ -8,9 +8,9 @@ import os
 
 import faust
 
-import streams.faustfix
+import streams.worker.faust_patches
 
-streams.faustfix.apply()  # faust 0.15.3 recovery race: seek before resuming streams
+streams.worker.faust_patches.apply()  # faust 0.15.3 recovery race: seek before resuming streams
 
 app = faust.App(
     os.environ["COUNTER_APP_ID"],

@@ -1,0 +1,402 @@
+"""Run policies over event logs with the same engine and compare what they request.
+
+Two uses, one interface:
+
+* ``--input LOG --policy A --policy B ...`` (one input): every policy runs over the same log.
+  This counts what each policy would have requested given that history. The visits completed
+  in the log are whatever the arm that produced it did, for every policy alike.
+* ``--input A.jsonl --input B.jsonl --policy step-pc-2024 --policy early-pc`` (as many inputs
+  as policies): input i runs under policy i. This is the trial comparison: two ``stepcare
+  simulate`` runs with the same seed, one per arm, each under its own policy.
+
+Each run is a fresh ``PartitionEngine`` fed the log in file order (one pass per input for all
+its policies); ``--until`` then advances its clock, firing the timers due before that time.
+Reported per run, on stdout as a table (and, one row per run, in ``--csv``; as bar charts in
+``--png``):
+
+* ``events``: valid input records (CLOCK_TICK excluded); ``rejected``: records that are not
+  valid events (reported on stderr with their record number) and were skipped.
+* ``patients``: enrolled patients, i.e. patients for whom the run emitted INITIAL_VISIT_DUE;
+  the patient's enrollment time is that escalation's ``occurred_at`` (the ENROLLED event).
+  Every per-patient number below divides by this count, whatever each patient's follow-up.
+* ``escalations_<KIND>``: escalations of each kind emitted by the run (timers included).
+* ``visit_requests_per_patient_wk<N>``: escalations of the visit kinds INITIAL_VISIT_DUE,
+  STEP_UP, TREATMENT_CHANGE_VISIT_DUE, POST_DISCHARGE_VISIT_DUE and MONTHLY_VISIT_DUE whose
+  ``occurred_at`` minus the patient's enrollment time is less than N weeks, divided by
+  ``patients``. N is 24 (the trial's week) and every ``--week`` given.
+* ``visits_completed_per_patient_wk<N>``: PALLIATIVE_VISIT_COMPLETED events the engine applied
+  (not duplicates, not before enrollment or after the end of monitoring) less than N weeks after
+  the patient's enrollment, divided by ``patients``: the trial's own measure (2.4 vs 4.7 by
+  week 24) when the log came from the policy's own arm.
+* ``stepped_up`` and ``stepped_up_share``: patients with a STEP_UP escalation, and that count
+  divided by ``patients``.
+* ``step_up_days_median``, ``_q1``, ``_q3``: days (exact, fractional) from enrollment to the
+  patient's STEP_UP, over the patients stepped up: median and quartiles by linear interpolation
+  between order statistics (``statistics.quantiles(method="inclusive")``, NumPy's default).
+  Empty when nobody was stepped up.
+* ``survey_overdue`` and ``visit_overdue``: the counts of SURVEY_OVERDUE and VISIT_OVERDUE.
+* ``suppressed``: step-1 triggers not sent because a visit request was already open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.analysis.replay import PartitionEngine
+from streams.clinical.engine import Escalation, Kind, Outcome
+from streams.clinical.events import DAY_MS, EventError, EventType, PatientEvent, parse_time
+from streams.clinical.policy import Policy, resolve_policy
+from streams.errors import UsageError
+
+VISIT_KINDS = frozenset(
+    {
+        Kind.INITIAL_VISIT_DUE,
+        Kind.STEP_UP,
+        Kind.TREATMENT_CHANGE_VISIT_DUE,
+        Kind.POST_DISCHARGE_VISIT_DUE,
+        Kind.MONTHLY_VISIT_DUE,
+    }
+)
+"""The escalations that ask for a palliative-care visit (what the trial counts)."""
+
+WEEK_MS = 7 * DAY_MS
+DEFAULT_WEEK = 24
+
+
+@dataclass
+class Run:
+    """One policy over one log: its engine and what it emitted."""
+
+    label: str
+    policy: Policy
+    input: str
+    engine: PartitionEngine = field(init=False)
+    events: int = 0
+    rejected: int = 0
+    enrolled: dict[str, int] = field(default_factory=dict)
+    kinds: Counter[str] = field(default_factory=Counter)
+    requests: list[tuple[str, int]] = field(default_factory=list)
+    visits: list[tuple[str, int]] = field(default_factory=list)
+    step_ups: dict[str, int] = field(default_factory=dict)
+    suppressed: int = 0
+
+    def __post_init__(self) -> None:
+        self.engine = PartitionEngine(self.policy)
+
+    def feed(self, event: PatientEvent) -> None:
+        processed = self.engine.process(event)
+        if event.type is not EventType.CLOCK_TICK:
+            self.events += 1
+        if (
+            event.type is EventType.PALLIATIVE_VISIT_COMPLETED
+            and processed.outcome is Outcome.APPLIED
+        ):
+            self.visits.append((event.patient_id, event.occurred_at))
+        self.suppressed += len(processed.suppressed)
+        for escalation in processed.escalations:
+            self.note(escalation)
+
+    def finish(self, until: int | None) -> None:
+        if until is not None:
+            for escalation in self.engine.advance_to(until):
+                self.note(escalation)
+
+    def note(self, escalation: Escalation) -> None:
+        kind, patient = escalation.kind, escalation.patient_id
+        self.kinds[kind] += 1
+        if kind is Kind.INITIAL_VISIT_DUE:
+            self.enrolled.setdefault(patient, escalation.occurred_at)
+        if kind in VISIT_KINDS:
+            self.requests.append((patient, escalation.occurred_at))
+        if kind is Kind.STEP_UP:
+            self.step_ups.setdefault(patient, escalation.occurred_at)
+
+    def per_patient(self, moments: list[tuple[str, int]], weeks: float) -> float | None:
+        """Of ``moments``, those less than ``weeks`` after their patient's enrollment, per
+        enrolled patient."""
+        if not self.enrolled:
+            return None
+        limit = weeks * WEEK_MS
+        enrolled = self.enrolled
+        count = sum(
+            1 for patient, at in moments if patient in enrolled and at - enrolled[patient] < limit
+        )
+        return count / len(enrolled)
+
+    def report(self, weeks: Sequence[float]) -> dict[str, object]:
+        """The row of this run: the numbers of the module documentation, by column name."""
+        patients = len(self.enrolled)
+        days = sorted((at - self.enrolled[p]) / DAY_MS for p, at in self.step_ups.items())
+        q1 = median = q3 = None
+        if len(days) == 1:
+            q1 = median = q3 = days[0]
+        elif days:
+            q1, median, q3 = statistics.quantiles(days, n=4, method="inclusive")
+        row: dict[str, object] = {
+            "label": self.label,
+            "policy_id": self.policy.policy_id,
+            "policy_version": self.policy.policy_version,
+            "input": self.input,
+            "events": self.events,
+            "rejected": self.rejected,
+            "patients": patients,
+        }
+        for week in weeks:
+            row[f"visit_requests_per_patient_wk{_week(week)}"] = self.per_patient(
+                self.requests, week
+            )
+        for week in weeks:
+            row[f"visits_completed_per_patient_wk{_week(week)}"] = self.per_patient(
+                self.visits, week
+            )
+        row["stepped_up"] = len(self.step_ups)
+        row["stepped_up_share"] = len(self.step_ups) / patients if patients else None
+        row["step_up_days_median"] = median
+        row["step_up_days_q1"] = q1
+        row["step_up_days_q3"] = q3
+        row["survey_overdue"] = self.kinds[Kind.SURVEY_OVERDUE]
+        row["visit_overdue"] = self.kinds[Kind.VISIT_OVERDUE]
+        row["suppressed"] = self.suppressed
+        for kind in Kind:
+            row[f"escalations_{kind}"] = self.kinds[kind]
+        return row
+
+
+def _week(week: float) -> str:
+    return f"{week:g}"
+
+
+def compare(
+    inputs: Sequence[str],
+    policies: Sequence[Policy],
+    *,
+    until: int | None = None,
+    rejects: object = None,
+) -> list[Run]:
+    """Run the policies over the inputs (one input for all, or paired in order)."""
+    from streams.formats.files import read_events
+
+    if len(inputs) != 1 and len(inputs) != len(policies):
+        raise ValueError("give one --input for all policies, or one --input per --policy")
+    pairs = [(inputs[0] if len(inputs) == 1 else inputs[i], p) for i, p in enumerate(policies)]
+    labels = _labels(pairs, paired=len(inputs) > 1)
+    runs = [Run(label, policy, path) for label, (path, policy) in zip(labels, pairs, strict=True)]
+    out = sys.stderr if rejects is None else rejects
+    for path in dict.fromkeys(inputs):
+        mine = [run for run in runs if run.input == path]
+        rejected = 0
+        for number, item in read_events(path):
+            if isinstance(item, str):
+                rejected += 1
+                print(f"{path}: record {number}: {item}", file=out)  # type: ignore[call-overload]
+                continue
+            for run in mine:
+                run.feed(item)
+        for run in mine:
+            run.rejected = rejected
+            run.finish(until)
+    return runs
+
+
+def _labels(pairs: list[tuple[str, Policy]], *, paired: bool) -> list[str]:
+    base = [
+        f"{policy.policy_id} @ {Path(path).name}" if paired else policy.policy_id
+        for path, policy in pairs
+    ]
+    seen: Counter[str] = Counter(base)
+    labels, counts = [], Counter[str]()
+    for label in base:
+        counts[label] += 1
+        labels.append(f"{label} #{counts[label]}" if seen[label] > 1 else label)
+    return labels
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def table(rows: list[dict[str, object]], weeks: Sequence[float]) -> str:
+    """The terminal table: one column per run, one line per number."""
+    lines: list[tuple[str, list[str]]] = [
+        ("policy", [f"{r['policy_id']} v{r['policy_version']}" for r in rows]),
+        ("input", [Path(str(r["input"])).name for r in rows]),
+        ("events (rejected)", [f"{r['events']} ({r['rejected']})" for r in rows]),
+        ("patients enrolled", [str(r["patients"]) for r in rows]),
+    ]
+    for week in weeks:
+        key = f"visit_requests_per_patient_wk{_week(week)}"
+        lines.append((f"visit requests/patient < wk {_week(week)}", [_num(r[key]) for r in rows]))
+    for week in weeks:
+        key = f"visits_completed_per_patient_wk{_week(week)}"
+        lines.append((f"visits done/patient < wk {_week(week)}", [_num(r[key]) for r in rows]))
+    lines += [
+        ("stepped up", [_share(r["stepped_up"], r["stepped_up_share"]) for r in rows]),
+        (
+            "days to step-up, median [Q1-Q3]",
+            [
+                "-"
+                if r["step_up_days_median"] is None
+                else f"{r['step_up_days_median']:.1f} "
+                f"[{r['step_up_days_q1']:.1f}-{r['step_up_days_q3']:.1f}]"
+                for r in rows
+            ],
+        ),
+        ("overdue surveys", [str(r["survey_overdue"]) for r in rows]),
+        ("overdue visits", [str(r["visit_overdue"]) for r in rows]),
+        ("suppressed triggers", [str(r["suppressed"]) for r in rows]),
+        ("escalations by kind", [""] * len(rows)),
+    ]
+    lines += [(f"  {kind}", [str(r[f"escalations_{kind}"]) for r in rows]) for kind in Kind]
+    everything = [("", [str(r["label"]) for r in rows]), *lines]
+    width = max(len(name) for name, _ in everything)
+    cols = [max(len(cells[i]) for _, cells in everything) for i in range(len(rows))]
+    out = []
+    for name, cells in everything:
+        out.append(
+            f"{name:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols, strict=True))
+        )
+    return "\n".join(line.rstrip() for line in out) + "\n"
+
+
+def _num(value: object) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _share(count: object, share: object) -> str:
+    return f"{count} (-)" if share is None else f"{count} ({100 * share:.1f}%)"  # type: ignore[operator]
+
+
+def write_csv(path: str, rows: list[dict[str, object]]) -> None:
+    from streams.formats.files import open_text_output
+
+    with open_text_output(path) as fo:
+        writer = csv.DictWriter(fo, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if v is None else _csv_value(v) for k, v in row.items()})
+
+
+def _csv_value(value: object) -> object:
+    return round(value, 6) if isinstance(value, float) else value
+
+
+def write_png(path: str, rows: list[dict[str, object]], weeks: Sequence[float]) -> None:
+    """Two bar charts: visits per patient by week, and escalations per patient by kind."""
+    import matplotlib  # imported here: `stepcare --help` stays fast
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [1, 1.4]})
+    groups = [f"requests < wk {_week(w)}" for w in weeks] + [f"done < wk {_week(w)}" for w in weeks]
+    keys = [f"visit_requests_per_patient_wk{_week(w)}" for w in weeks] + [
+        f"visits_completed_per_patient_wk{_week(w)}" for w in weeks
+    ]
+    width = 0.8 / len(rows)
+    highest = 0.0
+    for i, row in enumerate(rows):
+        values = [float(row[k] or 0.0) for k in keys]  # type: ignore[arg-type]
+        xs = [g + (i - (len(rows) - 1) / 2) * width for g in range(len(groups))]
+        highest = max(highest, *values)
+        bars = left.bar(xs, values, width, label=str(row["label"]))
+        left.bar_label(bars, fmt="%.2f", fontsize=7)
+    left.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+    left.set_ylabel("per enrolled patient")
+    left.set_title("Palliative-care visits")
+    left.set_ylim(0, highest * 1.3 or 1.0)
+    left.legend(fontsize=8, loc="upper left")
+
+    kinds = list(Kind)
+    height = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        patients = int(row["patients"] or 0) or 1  # type: ignore[call-overload]
+        values = [int(row[f"escalations_{k}"]) / patients for k in kinds]  # type: ignore[call-overload]
+        ys = [k + (i - (len(rows) - 1) / 2) * height for k in range(len(kinds))]
+        right.barh(ys, values, height, label=str(row["label"]))
+    right.set_yticks(range(len(kinds)), [str(k) for k in kinds], fontsize=8)
+    right.invert_yaxis()
+    right.set_xlabel("escalations per enrolled patient")
+    right.set_title("Escalations by kind")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    from streams.formats.files import open_output
+
+    try:
+        with open_output(path) as out:
+            fig.savefig(out, dpi=100, format="png")
+    finally:
+        plt.close(fig)
+
+
+# -- the command --------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        help="JSONL or Avro log; once for all policies, or once per --policy (paired in order)",
+    )
+    parser.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        help="built-in policy name (step-pc-2024, early-pc) or a TOML file; repeat",
+    )
+    parser.add_argument(
+        "--week",
+        action="append",
+        type=float,
+        default=[],
+        help=f"also count visits by this week after enrollment (week {DEFAULT_WEEK} always)",
+    )
+    parser.add_argument("--until", help="advance every clock to this RFC 3339 time at the end")
+    parser.add_argument("--csv", help="write one row per policy run to this CSV file")
+    parser.add_argument("--png", help="write bar charts to this PNG file")
+
+
+def run(args: argparse.Namespace, settings: object) -> int:
+    from streams.formats.files import refuse_same_file
+
+    started = time.monotonic()
+    if len(args.input) != 1 and len(args.input) != len(args.policy):
+        raise UsageError(
+            f"{len(args.input)} --input for {len(args.policy)} --policy: give one --input for "
+            "all policies, or one --input per --policy (paired in order)"
+        )
+    if any(not w > 0 for w in args.week):
+        raise UsageError("--week must be more than 0")
+    weeks = sorted({DEFAULT_WEEK, *args.week})
+    try:
+        until = None if args.until is None else parse_time(args.until)
+    except EventError as exc:
+        raise UsageError(f"--until: {exc}") from None
+    refuse_same_file(args.input, [args.csv, args.png])
+    policies = [resolve_policy(name) for name in args.policy]
+    runs = compare(args.input, policies, until=until)
+    engines = time.monotonic() - started
+    rows = [r.report(weeks) for r in runs]
+    sys.stdout.write(table(rows, weeks))
+    sys.stdout.flush()
+    if args.csv:
+        write_csv(args.csv, rows)
+    if args.png:
+        write_png(args.png, rows, weeks)
+    seconds = time.monotonic() - started
+    logs = list(dict.fromkeys(args.input))
+    events = sum(next(r.events for r in runs if r.input == log) for log in logs)
+    print(
+        f"compared {len(runs)} policy runs over {events} events ({len(logs)} "
+        f"log{'s' if len(logs) > 1 else ''}) in {engines:.2f} s; {seconds:.2f} s with the output",
+        file=sys.stderr,
+    )
+    return 0

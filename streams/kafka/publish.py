@@ -1,0 +1,419 @@
+"""``stepcare publish``: a historical event log onto the input topic, as the live feeds would.
+
+Each event becomes one record keyed by patient id (utf-8), valued with its Avro single-object
+encoding, and stamped with its ``occurred_at`` as the record timestamp (DESIGN §2-3, §8). The
+producer is idempotent with ``acks=all``, so retries neither duplicate nor reorder records and
+each patient's events land in file order. It partitions like the Java client and aiokafka
+(murmur2), so a patient's events published here share a partition with the ones the live feeds
+send. Invalid lines are reported and skipped (``--strict``: the run stops), never published; so
+is an event too large for the broker (its line and size on stderr, counted as rejected). A
+damaged Avro container stops the run with one line (exit 2) where the damage is.
+
+``--until T`` then appends a ``CLOCK_TICK`` at T to every partition, so the worker's event-time
+clocks reach T and its timers fire as ``stepcare replay --until T`` fires them (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import IO, Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streams.clinical.events import EventError, event_from_json, format_time, parse_time
+from streams.errors import StepcareError
+from streams.formats.avro import encode_event
+from streams.formats.files import FileError, LogReader
+from streams.kafka.settings import Settings
+from streams.kafka.topics import TopicError, check_access
+
+TTY_PROGRESS_EVERY = 0.25  # seconds between redraws of the progress line on a terminal
+PLAIN_PROGRESS_EVERY = 10.0  # seconds between progress lines in a log file or a pipe
+METADATA_TIMEOUT = 15.0  # seconds to wait for the broker to describe the topic
+MAX_REPORTED_FAILURES = 10  # delivery failures reported one by one; the rest are counted
+
+
+class PublishError(StepcareError):
+    """A problem with the command itself (no topic, no broker, bad option): exit status 2."""
+
+
+@dataclass
+class PublishSummary:
+    """What a run did; ``failed`` records were produced but not acknowledged by the broker."""
+
+    topic: str
+    published: int = 0
+    rejected: int = 0
+    failed: int = 0
+    ticks: int = 0
+    outside: int = 0  # valid events outside --from/--to, not published
+    seconds: float = 0.0
+    stopped_at: str | None = None  # strict mode: the bad record that stopped the run
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def text(self) -> str:
+        rate = self.published / self.seconds if self.seconds > 0 else 0.0
+        line = (
+            f"published {self.published} events to {self.topic} in {self.seconds:.1f} s "
+            f"({rate:.0f} events/s); {self.rejected} rejected, {self.failed} not delivered"
+        )
+        if self.outside:
+            line += f"; {self.outside} outside the time range"
+        if self.ticks:
+            line += f"; CLOCK_TICK on {self.ticks} partitions"
+        return line
+
+
+class TokenBucket:
+    """At most ``rate`` takes per second, in bursts of at most ``burst`` (a tenth of a second)."""
+
+    def __init__(
+        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not rate > 0:
+            raise ValueError("rate must be more than 0")
+        self.rate = rate
+        self.burst = max(1.0, rate / 10) if burst is None else burst
+        self.clock = clock
+        self.tokens = self.burst
+        self.last = clock()
+
+    def take(self) -> float:
+        """Take one token; the seconds to wait before using it (0.0 when one was available)."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate) - 1.0
+        self.last = now
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+class Progress:
+    """Progress on stderr: a redrawn line on a terminal, a plain line now and then otherwise."""
+
+    def __init__(
+        self,
+        stream: IO[str],
+        total_bytes: int | None,
+        *,
+        tty: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self.total = total_bytes or None
+        self.tty = stream.isatty() if tty is None else tty
+        self.every = TTY_PROGRESS_EVERY if self.tty else PLAIN_PROGRESS_EVERY
+        self.clock = clock
+        self.started = clock()
+        self.next = self.started + self.every
+        self.drawn = False
+
+    def update(self, published: int, position: int) -> None:
+        now = self.clock()
+        if now < self.next:
+            return
+        self.next = now + self.every
+        rate = published / (now - self.started) if now > self.started else 0.0
+        text = f"published {published} events, {rate:.0f} events/s"
+        if self.total:
+            text += f", {100 * position / self.total:.0f}% of the log"
+        if self.tty:
+            self.stream.write(f"\r{text}\x1b[K")
+            self.drawn = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Erase the progress line (terminal only) before the summary is written."""
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.drawn = False
+
+
+# -- reading the log -----------------------------------------------------------------------------
+
+
+@dataclass
+class LogSource:
+    """The records of a log: (number, JSON object or reason, bytes read so far)."""
+
+    label: str  # "line" or "record", for messages
+    records: Iterator[tuple[int, Any, int]]
+    total_bytes: int | None
+    close: Callable[[], None]
+
+
+def open_log(name: str) -> LogSource:
+    """A JSONL file, ``-`` (JSONL on stdin), or an Avro container file
+    (``streams.formats.files``)."""
+    try:
+        reader = LogReader(name)
+    except FileError as exc:
+        raise PublishError(str(exc)) from None
+    return LogSource(reader.label, _positions(reader), reader.total_bytes, reader.close)
+
+
+def _positions(reader: LogReader) -> Iterator[tuple[int, Any, int]]:
+    try:
+        for number, item in reader:
+            yield number, item, reader.position
+    except FileError as exc:  # a damaged container: exit 2 (what came before is published)
+        raise PublishError(str(exc)) from None
+
+
+# -- publishing ----------------------------------------------------------------------------------
+
+
+def producer_config(settings: Settings, bootstrap_servers: str | None) -> dict[str, Any]:
+    """Connection settings plus what makes publishing safe and ordered."""
+    config: dict[str, Any] = settings.confluent_config()
+    if bootstrap_servers:
+        config["bootstrap.servers"] = bootstrap_servers
+    config.update(
+        {
+            "acks": "all",
+            "enable.idempotence": True,  # retries keep order and do not duplicate
+            "partitioner": "murmur2_random",  # the Java client's and aiokafka's partitioner
+            "allow.auto.create.topics": False,  # a typo must not create a topic
+            "linger.ms": 20,
+        }
+    )
+    return config
+
+
+def partitions_of(producer: Producer, topic: str, where: str) -> list[int]:
+    """The partition ids of ``topic``; ``PublishError`` if it does not exist or is unreachable."""
+    try:
+        metadata = producer.list_topics(topic, timeout=METADATA_TIMEOUT)
+    except KafkaException as exc:
+        raise PublishError(f"cannot reach Kafka at {where}: {_error_text(exc)}") from None
+    described = metadata.topics.get(topic)
+    error = None if described is None else described.error
+    if described is None or (
+        error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+    ):
+        raise PublishError(f"topic {topic} does not exist at {where} (publish does not create it)")
+    if error is not None:
+        raise PublishError(f"topic {topic}: {error.str()}")
+    if not described.partitions:
+        raise PublishError(f"topic {topic} has no partitions at {where}")
+    return sorted(described.partitions)
+
+
+def publish_log(
+    log: LogSource,
+    producer: Producer,
+    topic: str,
+    *,
+    rate: float | None = None,
+    until: int | None = None,
+    since: int | None = None,
+    before: int | None = None,
+    strict: bool = False,
+    where: str = "the broker",
+    err: IO[str] | None = None,
+    max_message_bytes: int | None = None,
+) -> PublishSummary:
+    """Validate, encode and produce every record of ``log``; see the module docstring."""
+    err = sys.stderr if err is None else err
+    config_limit = max_message_bytes
+    summary = PublishSummary(topic)
+    partitions_of(producer, topic, where)  # fail before reading anything
+    started = time.monotonic()
+    progress = Progress(err, log.total_bytes)
+    bucket = TokenBucket(rate) if rate else None
+    produced = 0
+
+    def delivered(label: str, error: KafkaError | None, msg: Message) -> None:
+        if error is None:
+            summary.published += 1
+            return
+        if error.code() == TOO_LARGE:  # the broker's (topic's) limit is below the producer's
+            summary.rejected += 1
+            progress.clear()
+            err.write(f"{label}: {_too_large(len(msg.value() or b''), None)}\n")
+            return
+        summary.failed += 1
+        summary.failures[error.str()] += 1
+        if summary.failed <= MAX_REPORTED_FAILURES:
+            progress.clear()
+            err.write(f"{label}: not delivered: {error.str()}\n")
+
+    try:
+        for number, obj, position in log.records:
+            try:
+                if isinstance(obj, str):
+                    raise EventError(obj)
+                event = event_from_json(obj)
+                value = encode_event(obj)
+            except EventError as exc:
+                summary.rejected += 1
+                if strict:
+                    summary.stopped_at = f"{log.label} {number}: {exc}"
+                    break
+                progress.clear()
+                err.write(f"{log.label} {number}: {exc}\n")
+                continue
+            if (since is not None and event.occurred_at < since) or (
+                before is not None and event.occurred_at >= before
+            ):
+                summary.outside += 1
+                continue
+            if bucket is not None:
+                _wait(producer, bucket.take())
+            try:
+                _produce(
+                    producer,
+                    topic,
+                    key=event.patient_id.encode(),
+                    value=value,
+                    timestamp=event.occurred_at,
+                    on_delivery=partial(delivered, f"{log.label} {number}"),
+                )
+            except KafkaException as exc:  # refused before sending: this event, not the run
+                error = exc.args[0] if exc.args else None
+                if not isinstance(error, KafkaError) or error.code() != TOO_LARGE:
+                    raise
+                summary.rejected += 1
+                reason = f"{log.label} {number}: {_too_large(len(value), config_limit)}"
+                if strict:
+                    summary.stopped_at = reason
+                    break
+                progress.clear()
+                err.write(reason + "\n")
+                continue
+            produced += 1
+            progress.update(produced, position)
+        if until is not None and summary.stopped_at is None:
+            tick = encode_event(
+                {"event_id": "", "patient_id": "", "occurred_at": format_time(until),
+                 "type": "CLOCK_TICK"}
+            )  # fmt: skip
+            for partition in partitions_of(producer, topic, where):
+                _produce(
+                    producer, topic, key=b"", value=tick, timestamp=until, partition=partition,
+                    on_delivery=partial(_tick_delivered, summary, err, partition),
+                )  # fmt: skip
+    finally:
+        producer.flush()
+        progress.clear()
+        summary.seconds = time.monotonic() - started
+        err.flush()
+    return summary
+
+
+TOO_LARGE = KafkaError.MSG_SIZE_TOO_LARGE
+
+
+def _too_large(size: int, limit: int | None) -> str:
+    bound = "" if limit is None else f", the producer's limit is {limit}"
+    return f"event too large for the broker ({size} bytes encoded{bound}): not published"
+
+
+def _tick_delivered(
+    summary: PublishSummary, err: IO[str], partition: int, error: KafkaError | None, msg: Message
+) -> None:
+    if error is None:
+        summary.ticks += 1
+    else:
+        summary.failed += 1
+        summary.failures[error.str()] += 1
+        err.write(f"CLOCK_TICK on partition {partition}: not delivered: {error.str()}\n")
+
+
+def _produce(producer: Producer, topic: str, **kwargs: Any) -> None:
+    """Produce one record, waiting for room when the local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+        except BufferError:
+            producer.poll(0.1)  # serve delivery reports; the queue drains meanwhile
+            continue
+        producer.poll(0)
+        return
+
+
+def _wait(producer: Producer, seconds: float) -> None:
+    """Sleep ``seconds`` while serving delivery reports (no busy loop)."""
+    if seconds <= 0:
+        return
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        producer.poll(left)
+
+
+def _librdkafka_logger(level: str) -> logging.Logger:
+    """librdkafka's own log lines (retries, reconnects) only with STEPCARE_LOG_LEVEL=DEBUG.
+
+    Otherwise they would interleave with the progress line; what matters to the user (no
+    broker, no topic, a record not delivered) is reported by this module in one line.
+    """
+    logger = logging.getLogger("stepcare.publish.librdkafka")
+    logger.propagate = False
+    if not logger.handlers:
+        debug = level.upper() == "DEBUG"
+        logger.addHandler(logging.StreamHandler(sys.stderr) if debug else logging.NullHandler())
+        logger.setLevel(logging.DEBUG)
+    return logger
+
+
+def _error_text(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def command(args: argparse.Namespace, settings: Settings) -> int:
+    """The ``stepcare publish`` command: 0 if every record was delivered, 1 if some were not."""
+    times = {}
+    for option, value in (("--until", args.until), ("--from", args.since), ("--to", args.before)):
+        try:
+            times[option] = None if value is None else parse_time(value)
+        except EventError as exc:
+            raise PublishError(f"{option}: {exc}") from None
+    until, since, before = times["--until"], times["--from"], times["--to"]
+    if since is not None and before is not None and since >= before:
+        raise PublishError("--from must be before --to")
+    if args.rate is not None and not args.rate > 0:
+        raise PublishError(f"--rate: {args.rate:g} is not a positive number of events/s")
+    topic = args.topic or settings.input_topic
+    config = producer_config(settings, args.bootstrap_servers)
+    log = open_log(args.input)  # a missing file is reported before any connection is tried
+    try:
+        try:  # a refused login or TLS handshake: one line at once, not retries until a timeout
+            check_access(config, METADATA_TIMEOUT)
+        except TopicError as exc:
+            raise PublishError(str(exc)) from None
+        config["logger"] = _librdkafka_logger(settings.log_level)
+        try:
+            producer = Producer(config)
+        except KafkaException as exc:
+            raise PublishError(f"cannot create a Kafka producer: {_error_text(exc)}") from None
+        summary = publish_log(
+            log,
+            producer,
+            topic,
+            rate=args.rate,
+            until=until,
+            since=since,
+            before=before,
+            strict=args.strict,
+            where=config["bootstrap.servers"],
+            max_message_bytes=int(config.get("message.max.bytes", 1_000_000)),
+        )
+    finally:
+        log.close()
+    print(summary.text(), file=sys.stderr, flush=True)
+    if summary.stopped_at is not None:
+        raise PublishError(summary.stopped_at)
+    if summary.failed:
+        reasons = "; ".join(f"{n} x {reason}" for reason, n in summary.failures.most_common())
+        print(f"stepcare: {summary.failed} records not delivered ({reasons})", file=sys.stderr)
+        return 1
+    return 0

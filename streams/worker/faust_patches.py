@@ -1,0 +1,417 @@
+"""Fixes for faust-streaming 0.15.3 defects that lose or repeat events, or stop a worker.
+
+Call ``apply()`` once per process before the worker starts (before ``faust.App(...)`` is fine).
+It patches: the recovery race described below (every guarantee); five exactly_once defects
+(section "exactly_once" further down); a stop (or rebalance) that waits for ever for an event
+that is never acknowledged (section "stopping"); and a start-up that fails while one broker is
+down (section "startup"). Each was found by a test in ``tests/integration`` on a real cluster.
+
+The bug: ``faust/tables/recovery.py`` ``Recovery.on_recovery_completed`` (and the no-table twin
+``Recovery._resume_streams``) resumes the stream partitions *before* it awaits
+``consumer.perform_seek()``. During changelog recovery faust had already resumed the flow
+(``flow_control.resume()``, ``consumer.resume_flow()``), so while the seek waits on the broker, the
+fetcher (``Consumer._drain_messages``) delivers the backlog from the stream partitions into the
+agents' queues and moves ``Consumer._read_offset`` forward. Then:
+
+1. ``perform_seek`` sets ``_read_offset[tp]`` back to the committed offset (e.g. 5) and rewinds
+   aiokafka to it; the drain loop, still going through the batch it fetched before the seek,
+   then sets ``_read_offset[tp]`` to a later offset (e.g. 6);
+2. ``app.flow_control.resume()`` runs ``FlowControlEvent.clear()``, which empties every agent
+   queue: an event delivered but not yet taken by the agent (offset 5) is thrown away;
+3. the re-fetch after the rewind drops offset 5 in ``_drain_messages`` (``offset < r_offset``,
+   "DROPPED MESSAGE ROFF") and delivers 6;
+4. once 6 is acked, ``Consumer._new_offset`` lets the commit go from 5 to 7: its gap check is
+   ``min(acked) - committed > 1`` (faust #606), so an unacked head offset 5 is not a gap.
+
+Offset 5 is never processed, but it is committed. If the agent had already taken the events,
+the rewind re-delivers them and they are processed twice instead.
+
+A second, smaller defect that the reordering would otherwise expose: the fetcher passes the
+consumer's *live* set of active partitions to ``AIOKafkaConsumerThread.getmany``
+(``faust/transport/drivers/aiokafka.py``), and aiokafka's ``Fetcher.fetched_records`` treats an
+empty set as "every partition". When recovery pauses the changelog partitions while a fetch is
+waiting, the set becomes empty, the fetch hands back (and consumes) stream records, and
+``Consumer.getmany`` discards them because their partitions are paused. With the seek after the
+resume (stock faust) the seek rewinds over them; with the seek first they would only come back
+after a restart. So ``getmany`` gets a copy of the set, taken when the fetch starts, and an empty
+copy fetches nothing.
+
+The fix: seek first, then resume the stream partitions. While ``perform_seek`` runs, the stream
+partitions stay paused, as they were all through recovery, so nothing from them is delivered
+before the seek. After the seek, ``resume_partitions``, ``flow_control.resume()`` and
+``resume_flow()`` run with no ``await`` between them, so the queue clear drops nothing from a
+stream partition. Nothing else changes: the same calls, the same seek (to the committed
+offsets), the same generation check. It only costs the few milliseconds of the seek before the
+backlog starts to flow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from typing import Any, cast
+
+log = logging.getLogger(__name__)
+
+#: The faust versions whose ``Recovery.on_recovery_completed``/``_resume_streams`` this module
+#: re-implements. Other versions are left alone: check the source again before you add one.
+PATCHED_VERSIONS = frozenset({"0.15.3"})
+
+_MARK = "_stepcare_faustfix_applied"
+
+
+async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
+    """``Recovery.on_recovery_completed`` from faust 0.15.3, with the seek before the resume."""
+    consumer = self.app.consumer
+    self.log.info("Restore complete!")
+    await self.app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    # This needs to happen if all goes well
+    callback_coros = [
+        asyncio.ensure_future(
+            table.on_recovery_completed(
+                self.actives_for_table[table],
+                self.standbys_for_table[table],
+            )
+        )
+        for table in self.tables.values()
+    ]
+    if callback_coros:
+        await asyncio.wait(callback_coros)
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning(
+            f"Recovery rebalancing again app id "
+            f"{self.app.consumer_generation_id} param {generation_id}"
+        )
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+    # stepcare: resumed only now, after the seek (faust resumes them before it).
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    self.completed.set()
+    self.log.dev("Resume stream partitions")
+    self.app.flow_control.resume()
+    consumer.resume_flow()
+    # finally make sure the fetcher is running.
+    await cast(Any, self.app)._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    if not self.app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
+    self.app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+async def _resume_streams(self: Any, generation_id: int = 0) -> None:
+    """``Recovery._resume_streams`` (apps without tables), with the seek before the resume."""
+    app = self.app
+    consumer = app.consumer
+    await app.on_rebalance_complete.send()
+    assignment = consumer.assignment()
+    if self.app.consumer_generation_id != generation_id:
+        self.log.warning("Recovery rebalancing again")
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+        # stepcare: resumed only now, after the seek (faust resumes them before it).
+        self.log.dev("Resume stream partitions")
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    else:
+        self.log.info("Resuming streams with empty assignment")
+    self.completed.set()
+    # Resume partitions and start fetching.
+    self.log.info("Resuming flow...")
+    app.flow_control.resume()
+    consumer.resume_flow()
+    # finally make sure the fetcher is running.
+    await cast(Any, app)._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+def _snapshot_getmany(original: Any) -> Any:
+    async def getmany(self: Any, active_partitions: Any, timeout: float) -> Any:
+        if active_partitions is not None:
+            active_partitions = set(active_partitions)  # not the live set: see module docstring
+            if not active_partitions:
+                return {}
+        return await original(self, active_partitions, timeout)
+
+    getmany.__wrapped__ = original  # type: ignore[attr-defined]
+    return getmany
+
+
+def apply() -> bool:
+    """Patch faust's ``Recovery`` class in place; idempotent. Returns True if patched.
+
+    Raises RuntimeError on a faust version this was not written for, so an upgrade cannot
+    silently run with (or without) a stale copy of faust code: re-check the bug, then update
+    ``PATCHED_VERSIONS`` or drop this module.
+    """
+    import faust
+    from faust.tables.recovery import Recovery
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(Recovery, _MARK, False):
+        return True
+    if faust.__version__ not in PATCHED_VERSIONS:
+        raise RuntimeError(
+            f"streams.worker.faust_patches is written for faust-streaming "
+            f"{sorted(PATCHED_VERSIONS)}, "
+            f"found {faust.__version__}: check whether Recovery.on_recovery_completed still "
+            "resumes stream partitions before perform_seek, then update "
+            "streams/worker/faust_patches.py"
+        )
+    Recovery.on_recovery_completed = _on_recovery_completed  # type: ignore[method-assign]
+    Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
+    AIOKafkaConsumerThread.getmany = _snapshot_getmany(  # type: ignore[method-assign]
+        AIOKafkaConsumerThread.getmany
+    )
+    _apply_exactly_once_fixes()
+    _apply_startup_fixes()
+    setattr(Recovery, _MARK, True)
+    log.debug("faustfix: seek before resuming stream partitions; fetch a copy of the active set")
+    return True
+
+
+# --- exactly_once ------------------------------------------------------------------------------
+#
+# Found by tests/integration/test_faults.py (SIGKILLed workers and a broker restart under
+# ``processing_guarantee="exactly_once"``); each fix below names the defect it removes. The
+# worker itself (streams/worker/app.py) also sends its escalations and dead letters in the
+# transaction of the input partition they come from, and holds ``commit_lock`` while it handles an
+# event.
+
+
+def commit_lock(app: Any) -> asyncio.Lock:
+    """The app's lock between handling one event and committing a transaction.
+
+    faust commits (``Consumer.force_commit``, a timer every ``broker_commit_interval``) while
+    the agent may be half-way through an event: its escalations sent, its table writes still in
+    faust's producer buffer. Committing then puts part of the event in one transaction and the
+    rest in the next, and a crash in between keeps the first half only.
+    """
+    lock = getattr(app, "_stepcare_commit_lock", None)
+    if lock is None:
+        lock = asyncio.Lock()
+        app._stepcare_commit_lock = lock
+    return cast(asyncio.Lock, lock)
+
+
+async def _highwaters(self: Any, partitions: Any) -> Any:
+    """``AIOKafkaConsumerThread._highwaters``, asking the broker in both guarantees.
+
+    faust 0.15.3 takes the changelog highwaters of an exactly_once recovery from aiokafka's
+    cached ``last_stable_offset``, which is None (faust reads -1) until a fetch response for
+    the partition arrived in the current assignment: after a rebalance, recovery then either
+    thinks there is nothing to read or raises ConsistencyError (the worker crash-loops).
+    ``end_offsets`` asks the broker (ListOffsets), which answers with the last stable offset
+    for a read_committed consumer, the high watermark otherwise (faust's at_least_once path).
+    """
+    consumer = self._ensure_consumer()
+    return await consumer.end_offsets(partitions)
+
+
+def _flushing_exclusive_commit(original: Any) -> Any:
+    async def force_commit(
+        self: Any, topics: Any = None, start_new_transaction: bool = True
+    ) -> Any:
+        if not self.in_transaction:
+            return await original(self, topics, start_new_transaction=start_new_transaction)
+        async with commit_lock(self.app):
+            # The table's changelog writes wait in faust's producer buffer (``send_soon``):
+            # without this flush they land in the *next* transaction, aborted if the worker
+            # dies, while this one commits the offsets of the events that made them.
+            await self.app.producer.flush()
+            return await original(self, topics, start_new_transaction=start_new_transaction)
+
+    force_commit.__wrapped__ = original  # type: ignore[attr-defined]
+    return force_commit
+
+
+async def _commit_and_end_transactions(self: Any) -> None:
+    """``Consumer.commit_and_end_transactions`` (on a revoke) that really commits.
+
+    faust's version calls ``commit()``, which returns without committing when a periodic
+    commit is in flight: the transaction then stays open across the rebalance while the
+    partitions are rewound to the committed offsets, and their events are processed into it
+    a second time.
+    """
+    await self.maybe_wait_for_commit_to_finish()
+    await self.force_commit(start_new_transaction=False)
+
+
+async def _on_partitions_revoked(self: Any, revoked: Any) -> None:
+    """``Consumer.on_partitions_revoked`` with the revoke-time commit *before* the revoked
+    partitions' acked offsets are forgotten.
+
+    faust 0.15.3 forgets them first, then calls the app's handler (stop the flow, wait for
+    the agents, commit and end the transactions): that commit finds nothing to commit, and the
+    work since the last periodic commit stays in an open transaction while the partitions are
+    rewound (and processed twice into it). Same steps, other order.
+    """
+    from faust.utils.tracing import traced_from_parent_span
+
+    span = self.app._start_span_from_rebalancing("on_partitions_revoked")
+    traced = traced_from_parent_span(span)
+    with span:
+        await traced(self._on_partitions_revoked, partitions=revoked)(revoked)
+        if self._active_partitions is not None:
+            self._active_partitions.difference_update(revoked)
+        self._paused_partitions.difference_update(revoked)
+        for tp in revoked:
+            self._gap.pop(tp, None)
+            self._acked.pop(tp, None)
+            self._acked_index.pop(tp, None)
+            self._read_offset.pop(tp, None)
+            self._committed_offset.pop(tp, None)
+
+
+# --- stopping -----------------------------------------------------------------------------------
+
+#: Seconds a stopping worker (or a rebalance) waits for the events it is handling to be
+#: acknowledged; after that their offsets stay uncommitted and they are handled again later.
+STOP_WAIT = 15.0
+
+
+async def _bounded_wait_empty(self: Any) -> None:
+    """``Consumer.wait_empty`` from faust 0.15.3 that gives up after :data:`STOP_WAIT` seconds.
+
+    faust waits, on stop and on every rebalance (``App._consumer_wait_empty``), until every
+    message an agent took is acked, with no time limit. A message is never acked if its agent
+    crashed on it (faust's supervisor restarts the agent with the next message) or if its
+    outputs cannot be delivered (the broker refuses a dead letter: streams/worker/app.py sends it
+    again every second): the worker then ignores SIGTERM for ever (found by
+    tests/integration/test_worker_safety.py). Giving up is safe: only acked offsets are
+    committed, so the events not acked are delivered again, to this worker or another.
+    """
+    from faust.utils.tracing import traced_from_parent_span
+
+    deadline = time.monotonic() + STOP_WAIT
+    wait_count = 0
+    T = traced_from_parent_span()
+    while not self.should_stop and self._unacked_messages:
+        if time.monotonic() >= deadline:
+            self.log.warning(
+                "wait_empty: %d events still not acknowledged after %.0f s: not waiting any "
+                "longer (their offsets stay uncommitted; they are processed again)",
+                len(self._unacked_messages),
+                STOP_WAIT,
+            )
+            break
+        wait_count += 1
+        if not wait_count % 10:
+            self.log.warning("wait_empty: waiting for %d events", len(self._unacked_messages))
+        gc.collect()
+        await T(self.commit)()
+        if not self._unacked_messages:
+            break
+        await T(self._wait_for_ack)(timeout=1)
+        self._clean_unacked_messages()
+    await T(self.commit_and_end_transactions)()
+
+
+# --- startup while a broker is down -----------------------------------------------------------
+
+
+async def _get_controller_node(
+    self: Any, owner: Any, client: Any, timeout: int = 30000
+) -> int | None:
+    """``Transport._get_controller_node`` that asks the next broker when one is down.
+
+    faust 0.15.3 asks only the first broker of the cluster metadata which node is the
+    controller (to declare a topic at startup, e.g. the table's changelog), so a worker that
+    starts while that broker is down exits with NodeNotReadyError although the cluster serves.
+    """
+    from aiokafka.errors import KafkaError
+    from faust.exceptions import NotReady
+    from faust.transport.drivers import aiokafka as driver
+
+    nodes = [broker.nodeId for broker in client.cluster.brokers()]
+    if any(node_id is None for node_id in nodes):
+        raise NotReady("Not connected to Kafka Broker")
+    failure: Exception = Exception("Controller node not found")
+    for node_id in nodes:
+        request = (
+            driver.MetadataRequest_v1([])
+            if driver._AIOKAFKA_HAS_API_VERSION
+            else driver.MetadataRequest([])
+        )
+        try:
+            wait_result = await owner.wait(client.send(node_id, request), timeout=timeout)
+        except KafkaError as exc:  # this broker is down: the next one knows the controller too
+            owner.log.info("Broker %r did not answer (%r): asking the next one", node_id, exc)
+            failure = exc
+            continue
+        if wait_result.stopped:
+            owner.log.info("Shutting down - skipping creation.")
+            return None
+        return cast(int, wait_result.result.controller_id)
+    raise failure
+
+
+CREATE_ATTEMPTS = 10  # a stopped broker's session expires within seconds (KRaft: 9 s default)
+
+
+def _tolerant_topic_creation(original: Any) -> Any:
+    async def _really_create_topic(
+        self: Any, owner: Any, client: Any, topic: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """``Transport._really_create_topic`` that does not fail because one broker is down.
+
+        faust declares the table's changelog at every start. It skips an existing topic only if
+        its client's metadata cache already lists it, and otherwise sends CreateTopics to the
+        node the metadata names as controller, which in KRaft is any broker believed alive,
+        possibly one just stopped: the worker exits with NodeNotReadyError. Here the topic's
+        existence is asked of the cluster first (any broker that answers), and a request that
+        meets a broker that is not ready is tried again, a second apart.
+        """
+        from aiokafka.errors import KafkaError, NodeNotReadyError
+
+        try:
+            if topic in (await client.fetch_all_metadata()).topics():
+                owner.log.debug("Topic %r exists, skipping creation.", topic)
+                return
+        except KafkaError as exc:  # the request below reports what is wrong
+            owner.log.info("Cluster metadata not read (%r): creating topic %r", exc, topic)
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                return cast(None, await original(self, owner, client, topic, *args, **kwargs))
+            except NodeNotReadyError as exc:
+                if attempt == CREATE_ATTEMPTS or owner.should_stop:
+                    raise
+                owner.log.info("Creating topic %r: %r; trying again", topic, exc)
+                await asyncio.sleep(1.0)
+
+    _really_create_topic.__wrapped__ = original  # type: ignore[attr-defined]
+    return _really_create_topic
+
+
+def _apply_startup_fixes() -> None:
+    from faust.transport.drivers.aiokafka import Transport
+
+    Transport._get_controller_node = _get_controller_node  # type: ignore[method-assign]
+    Transport._really_create_topic = _tolerant_topic_creation(  # type: ignore[method-assign]
+        Transport._really_create_topic
+    )
+
+
+def _apply_exactly_once_fixes() -> None:
+    from faust.transport.consumer import Consumer
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
+    Consumer.force_commit = _flushing_exclusive_commit(  # type: ignore[method-assign]
+        Consumer.force_commit
+    )
+    Consumer.commit_and_end_transactions = (  # type: ignore[method-assign]
+        _commit_and_end_transactions
+    )
+    Consumer.on_partitions_revoked = _on_partitions_revoked  # type: ignore[method-assign]
+    Consumer.wait_empty = _bounded_wait_empty  # type: ignore[method-assign]
