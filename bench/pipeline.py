@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from streams.clinical.engine import Escalation
+from streams.clinical.escalations import Escalation
 from streams.clinical.events import PatientEvent, event_from_json
 from streams.formats.avro import decode_event, encode_escalation
 

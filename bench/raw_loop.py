@@ -5,7 +5,7 @@
 
 Per record it does what the worker does (``bench/pipeline.py``): decode the Avro SOE,
 validate (``event_from_json``), check the key, run the partition's
-:class:`~streams.analysis.replay.PartitionEngine` (patient states in a dict: no RocksDB, no
+:class:`~streams.clinical.partition.PartitionEngine` (patient states in a dict: no RocksDB, no
 changelog, no ``statecodec``), encode each escalation and produce it keyed by patient id with the
 CloudEvents headers (``--ack-each``: and waits for their acks before the next record, as the
 worker does at least once). Offsets are committed every second like the worker's
@@ -28,7 +28,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pipeline import escalation_value, read_event, report, say, started
 
-from streams.analysis.replay import PartitionEngine
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import resolve_policy
 from streams.formats.avro import cloudevent_headers
 

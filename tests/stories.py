@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from itertools import count
 
-from streams.analysis.replay import PartitionEngine, Processed
-from streams.clinical.engine import Escalation, Kind
+from streams.clinical.escalations import Escalation, Kind
 from streams.clinical.events import EventType, PatientEvent, Survey, parse_time
+from streams.clinical.partition import PartitionEngine, Processed
 from streams.clinical.policy import Policy, builtin_policy
 from streams.clinical.scoring import REVERSED, SUBSCALES, score_fact_l
 

@@ -50,22 +50,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streams.analysis.replay import PartitionEngine
-from streams.clinical.engine import Escalation, Kind, Outcome
+from streams.clinical.engine import Outcome
+from streams.clinical.escalations import VISIT_REQUEST_KINDS, Escalation, Kind
 from streams.clinical.events import DAY_MS, EventError, EventType, PatientEvent, parse_time
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import Policy, resolve_policy
 from streams.errors import UsageError
-
-VISIT_KINDS = frozenset(
-    {
-        Kind.INITIAL_VISIT_DUE,
-        Kind.STEP_UP,
-        Kind.TREATMENT_CHANGE_VISIT_DUE,
-        Kind.POST_DISCHARGE_VISIT_DUE,
-        Kind.MONTHLY_VISIT_DUE,
-    }
-)
-"""The escalations that ask for a palliative-care visit (what the trial counts)."""
 
 WEEK_MS = 7 * DAY_MS
 DEFAULT_WEEK = 24
@@ -114,7 +104,7 @@ class Run:
         self.kinds[kind] += 1
         if kind is Kind.INITIAL_VISIT_DUE:
             self.enrolled.setdefault(patient, escalation.occurred_at)
-        if kind in VISIT_KINDS:
+        if kind in VISIT_REQUEST_KINDS:
             self.requests.append((patient, escalation.occurred_at))
         if kind is Kind.STEP_UP:
             self.step_ups.setdefault(patient, escalation.occurred_at)

@@ -22,11 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.analysis.replay import PartitionEngine
 from streams.clinical.engine import (
     NEW_PATIENT,
-    Escalation,
-    Kind,
     OpenRequest,
     Outcome,
     PatientState,
@@ -34,6 +31,7 @@ from streams.clinical.engine import (
     event_key,
     next_deadline,
 )
+from streams.clinical.escalations import VISIT_REQUEST_KINDS, Escalation, Kind
 from streams.clinical.events import (
     EventError,
     EventType,
@@ -42,19 +40,13 @@ from streams.clinical.events import (
     format_time,
     parse_time,
 )
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import Policy, resolve_policy
 from streams.clinical.scoring import FactLScore
 from streams.errors import UsageError
 from streams.formats.files import write_output
 
 SUBSCALES = ("PWB", "SWB", "EWB", "FWB", "LCS")
-VISIT_KINDS = (
-    Kind.INITIAL_VISIT_DUE,
-    Kind.TREATMENT_CHANGE_VISIT_DUE,
-    Kind.POST_DISCHARGE_VISIT_DUE,
-    Kind.STEP_UP,
-    Kind.MONTHLY_VISIT_DUE,
-)
 LABELS = {
     EventType.SURVEY_SUBMITTED: "FACT-L survey",
     EventType.ENROLLED: "Enrolled",
@@ -169,7 +161,7 @@ class Story:
 
     def summary(self) -> list[str]:
         escalations = self.escalations
-        requested = Counter(e.kind for e in escalations if e.kind in VISIT_KINDS)
+        requested = Counter(e.kind for e in escalations if e.kind in VISIT_REQUEST_KINDS)
         overdue = Counter(
             e.kind for e in escalations if e.kind in (Kind.VISIT_OVERDUE, Kind.SURVEY_OVERDUE)
         )

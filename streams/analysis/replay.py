@@ -1,109 +1,25 @@
-"""Driving the engine over an ordered stream of events: the clock, the timer index, and replay.
+"""Replay: a whole event log through one :class:`~streams.clinical.partition.PartitionEngine`.
 
-:class:`PartitionEngine` is the one driver of the engine: ``stepcare replay`` runs a whole log
-through one, and the Faust worker runs one per partition. Time is event time: the clock is the
-largest ``occurred_at`` seen, and before an event is applied every timer with a deadline before
-the clock fires, in deadline order across patients (ties: by patient id). Due timers are found
-through an index ordered by deadline, never by scanning every patient.
+``stepcare replay`` and the analysis commands read history through here, with exactly the
+engine and partition driver the worker runs.
 """
 
 from __future__ import annotations
 
-import heapq
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
 import orjson
 
-from streams.clinical.engine import (
-    NEW_PATIENT,
-    Escalation,
-    Kind,
-    Outcome,
-    PatientState,
-    advance,
-    apply,
-    next_deadline,
-)
+from streams.clinical.engine import Outcome
 from streams.clinical.events import EventError, EventType, PatientEvent, event_from_json
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import Policy
 from streams.errors import StepcareError
-
-
-@dataclass(frozen=True, slots=True)
-class Processed:
-    """What one input record did: its outcome, and the escalations to publish (timers first)."""
-
-    outcome: Outcome
-    escalations: tuple[Escalation, ...] = ()
-    suppressed: tuple[Kind, ...] = ()
-
-
-class PartitionEngine:
-    """The engine for the patients of one partition (offline: of a whole log)."""
-
-    def __init__(
-        self,
-        policy: Policy,
-        states: MutableMapping[str, PatientState] | None = None,
-        *,
-        index_states: bool = True,
-    ) -> None:
-        """``index_states=False``: the caller indexes the states itself (see :meth:`index`)."""
-        self.policy = policy
-        self.states: MutableMapping[str, PatientState] = {} if states is None else states
-        self.clock: int | None = None
-        self._timers: list[tuple[int, str]] = []  # (deadline, patient id); stale entries skipped
-        if index_states:
-            for patient_id, state in self.states.items():
-                self.index(patient_id, state)
-
-    def process(self, event: PatientEvent) -> Processed:
-        """Advance the clock to the event's time (firing due timers), then apply the event."""
-        fired = self.advance_to(event.occurred_at)
-        if event.type is EventType.CLOCK_TICK:
-            return Processed(Outcome.APPLIED, fired)
-        states = self.states
-        state = states.get(event.patient_id, NEW_PATIENT)
-        result = apply(state, event, self.policy)
-        if result.state is not state:
-            states[event.patient_id] = result.state
-            if next_deadline(result.state) != next_deadline(state):
-                self.index(event.patient_id, result.state)
-        return Processed(result.outcome, fired + result.escalations, result.suppressed)
-
-    def advance_to(self, moment: int) -> tuple[Escalation, ...]:
-        """Move the clock to ``moment`` (never back) and fire every timer due before it."""
-        if self.clock is not None and moment <= self.clock:
-            moment = self.clock
-        self.clock = moment
-        timers = self._timers
-        if not timers or timers[0][0] >= moment:
-            return ()
-        fired: list[Escalation] = []
-        while timers and timers[0][0] < moment:
-            deadline, patient_id = heapq.heappop(timers)
-            state = self.states.get(patient_id, NEW_PATIENT)
-            if next_deadline(state) != deadline:
-                continue  # the patient's timers changed since this entry was indexed
-            result = advance(state, deadline + 1, self.policy, patient_id, clock=moment)
-            self.states[patient_id] = result.state
-            fired.extend(result.escalations)
-            self.index(patient_id, result.state)
-        return tuple(fired)
-
-    def index(self, patient_id: str, state: PatientState) -> None:
-        """Put the patient's next deadline (if any) in the timer index."""
-        deadline = next_deadline(state)
-        if deadline is not None:
-            heapq.heappush(self._timers, (deadline, patient_id))
-
-
-# -- offline replay -----------------------------------------------------------------------------
 
 
 @dataclass

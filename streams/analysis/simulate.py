@@ -36,9 +36,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.analysis.compare import VISIT_KINDS
-from streams.analysis.replay import PartitionEngine
-from streams.clinical.engine import Escalation, Kind, next_deadline
+from streams.clinical.engine import next_deadline
+from streams.clinical.escalations import VISIT_REQUEST_KINDS, Escalation, Kind
 from streams.clinical.events import (
     DAY_MS,
     MAX_EVENT_TIME,
@@ -47,6 +46,7 @@ from streams.clinical.events import (
     format_time,
     parse_time,
 )
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import Policy, resolve_policy
 from streams.clinical.scoring import REVERSED, SUBSCALES, UNSCORED
 from streams.errors import UsageError
@@ -467,7 +467,7 @@ def live(plan: Plan, policy: Policy, seed: int) -> Lived:
             kind = escalation.kind
             if booked:
                 continue  # the visit already booked serves this request too
-            if kind in VISIT_KINDS:
+            if kind in VISIT_REQUEST_KINDS:
                 if rng.random() >= P_VISIT_NOT_HONOURED:
                     book(escalation.occurred_at + MINUTE_MS
                          + round(visit_delay_days(rng, kind) * DAY_MS))  # fmt: skip
@@ -587,7 +587,10 @@ def _tally(summary: Summary, plan: Plan, lived: Lived, week_24: int) -> None:
         summary.escalations[escalation.kind] += 1
         if escalation.kind is Kind.STEP_UP:
             summary.stepped_up += 1
-        if escalation.kind in VISIT_KINDS and escalation.occurred_at - plan.enrolled_at < week_24:
+        if (
+            escalation.kind in VISIT_REQUEST_KINDS
+            and escalation.occurred_at - plan.enrolled_at < week_24
+        ):
             summary.requests_by_week_24 += 1
 
 

@@ -37,7 +37,7 @@ import fastavro
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
-from streams.clinical.engine import Escalation
+from streams.clinical.escalations import Escalation
 from streams.clinical.events import (
     EventError,
     attributes_of,

@@ -17,7 +17,8 @@ from __future__ import annotations
 import struct
 import uuid
 
-from streams.clinical.engine import HeldSurvey, Kind, OpenRequest, PatientState
+from streams.clinical.engine import HeldSurvey, OpenRequest, PatientState
+from streams.clinical.escalations import Kind
 from streams.errors import StepcareError
 
 VERSION = 1

@@ -80,7 +80,7 @@ from typing import Any
 
 import orjson
 
-from streams.clinical.engine import Kind
+from streams.clinical.escalations import VISIT_REQUEST_KINDS, Kind
 from streams.clinical.events import EventError, EventType, event_from_json, format_time, parse_time
 from streams.clinical.scoring import SUBSCALES, UNSCORED
 from streams.errors import AdapterError
@@ -126,16 +126,6 @@ _PATIENT_REFERENCE = re.compile(
     r"(?:/_history/[A-Za-z0-9\-.]{1,64})?"
 )
 
-REQUEST_KINDS: frozenset[Kind] = frozenset(
-    {
-        Kind.INITIAL_VISIT_DUE,
-        Kind.STEP_UP,
-        Kind.TREATMENT_CHANGE_VISIT_DUE,
-        Kind.POST_DISCHARGE_VISIT_DUE,
-        Kind.MONTHLY_VISIT_DUE,
-    }
-)
-"""Kinds that open a visit request (and replace the open one): a ServiceRequest and its Task."""
 
 KIND_DISPLAY: dict[Kind, str] = {
     Kind.INITIAL_VISIT_DUE: "Initial palliative-care visit due",
@@ -451,7 +441,7 @@ def escalation_to_bundle(
     else:
         reference = dict(patient)
 
-    if kind in REQUEST_KINDS:
+    if kind in VISIT_REQUEST_KINDS:
         entries = _request_entries(esc, reference)
         if related:
             entries[0]["resource"]["replaces"] = [{"reference": f"ServiceRequest/sr-{related}"}]

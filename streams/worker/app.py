@@ -6,7 +6,7 @@ Read top to bottom:
    compacted changelog) holding each patient's engine state, and one agent with
    ``concurrency=1`` (faust #606: with more, a commit can pass an event still in flight).
 2. The agent hands every record to :class:`Monitor`, which decodes it (or dead-letters it with
-   its reason), runs it through the partition's :class:`~streams.analysis.replay.PartitionEngine`
+   its reason), runs it through the partition's :class:`~streams.clinical.partition.PartitionEngine`
    (the same engine as ``stepcare replay``), publishes the escalations and writes the changed
 states. 3. With ``clock = "wall"`` a timer appends a ``CLOCK_TICK`` with the wall time to every
    input partition this worker owns, so timers fire in order with the events, as in a replay.
@@ -44,9 +44,10 @@ from faust.types.auth import CredentialsT
 from faust.web.drivers import aiohttp as faust_aiohttp
 from prometheus_client import REGISTRY
 
-from streams.analysis.replay import PartitionEngine
-from streams.clinical.engine import Escalation, PatientState
+from streams.clinical.engine import PatientState
+from streams.clinical.escalations import Escalation
 from streams.clinical.events import DAY_MS, EventError, EventType, event_from_json, format_time
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import Policy, resolve_policy
 from streams.formats.avro import (
     CodecError,

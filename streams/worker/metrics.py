@@ -16,7 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Histogram, Info
 from prometheus_client import Counter as PromCounter
 
-from streams.clinical.engine import Kind, Outcome, PatientState
+from streams.clinical.engine import Outcome, PatientState
+from streams.clinical.escalations import Kind
 from streams.clinical.events import EventType
 from streams.clinical.policy import Policy
 

@@ -12,9 +12,9 @@ import orjson
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.analysis.replay import PartitionEngine
 from streams.clinical.engine import Outcome
 from streams.clinical.events import EventType, event_from_json, parse_time
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import builtin_policy
 from streams.formats.avro import encode_event
 from streams.worker.metrics import care_step_label

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.analysis.compare import VISIT_KINDS, compare
+from streams.analysis.compare import compare
 from streams.cli import main
-from streams.clinical.engine import Kind
+from streams.clinical.escalations import VISIT_REQUEST_KINDS, Kind
 from streams.clinical.policy import builtin_policy
 from streams.clinical.scoring import REVERSED, SUBSCALES, UNSCORED
 
@@ -216,7 +216,7 @@ def test_the_same_policy_twice_gets_distinct_labels(log: Path) -> None:
 
 
 def test_visit_kinds_are_the_five_request_kinds() -> None:
-    assert {str(k) for k in VISIT_KINDS} == {
+    assert {str(k) for k in VISIT_REQUEST_KINDS} == {
         "INITIAL_VISIT_DUE", "STEP_UP", "TREATMENT_CHANGE_VISIT_DUE",
         "POST_DISCHARGE_VISIT_DUE", "MONTHLY_VISIT_DUE",
     }  # fmt: skip

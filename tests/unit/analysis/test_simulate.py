@@ -17,7 +17,7 @@ import pytest
 from streams.analysis import simulate as sim
 from streams.analysis.replay import replay
 from streams.cli import main
-from streams.clinical.engine import Kind
+from streams.clinical.escalations import Kind
 from streams.clinical.events import DAY_MS, event_from_json, parse_time
 from streams.clinical.policy import builtin_policy
 

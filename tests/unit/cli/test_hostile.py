@@ -32,9 +32,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from streams.analysis.replay import PartitionEngine, canonical_json
+from streams.analysis.replay import canonical_json
 from streams.cli import main
-from streams.clinical.engine import MAX_SURVEY_CATCH_UP, Escalation, Kind
+from streams.clinical.engine import MAX_SURVEY_CATCH_UP
+from streams.clinical.escalations import Escalation, Kind
 from streams.clinical.events import (
     DAY_MS,
     MAX_ID_LENGTH,
@@ -45,6 +46,7 @@ from streams.clinical.events import (
     format_time,
     parse_time,
 )
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import builtin_policy
 from streams.clinical.scoring import ITEM_CODES
 from streams.formats.avro import (

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import uuid
 
-from streams.clinical.engine import ESCALATION_NAMESPACE, RECENT_EVENTS, Kind, Outcome
+from streams.clinical.engine import RECENT_EVENTS, Outcome
+from streams.clinical.escalations import ESCALATION_NAMESPACE, Kind
 from streams.clinical.events import parse_time
 from tests.stories import (
     EARLY_PC,

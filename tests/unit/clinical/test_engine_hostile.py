@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import streams.clinical.engine
-from streams.analysis.replay import PartitionEngine
 from streams.cli import main
-from streams.clinical.engine import MAX_SURVEY_CATCH_UP, Kind
+from streams.clinical.engine import MAX_SURVEY_CATCH_UP
+from streams.clinical.escalations import Kind
 from streams.clinical.events import (
     DAY_MS,
     MAX_EVENT_TIME,
@@ -29,6 +29,7 @@ from streams.clinical.events import (
     format_time,
     parse_time,
 )
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.scoring import score_fact_l
 from tests.stories import STEP_PC, form
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.analysis.replay import PartitionEngine
-from streams.clinical.engine import Kind
+from streams.clinical.escalations import Kind
 from streams.clinical.events import DAY_MS, EventType, PatientEvent, Survey, format_time
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.scoring import score_fact_l
 from tests.stories import STEP_PC, form
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streams.analysis.replay import canonical_json
-from streams.clinical.engine import Escalation, Kind, Reason
+from streams.clinical.escalations import Escalation, Kind, Reason
 from streams.clinical.events import DAY_MS
 from streams.clinical.policy import Policy, PolicyError, builtin_policy, load_policy, resolve_policy
 from streams.formats.avro import decode_escalation, encode_escalation

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.analysis.replay import PartitionEngine, canonical_json
-from streams.clinical.engine import Kind
+from streams.analysis.replay import canonical_json
+from streams.clinical.escalations import Kind
 from streams.clinical.events import EventError, EventType, event_from_json, event_to_json
+from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import resolve_policy
 from streams.formats import avro as codec
 from streams.formats.avro import (

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.clinical.engine import RECENT_EVENTS, HeldSurvey, Kind, OpenRequest, PatientState
+from streams.clinical.engine import RECENT_EVENTS, HeldSurvey, OpenRequest, PatientState
+from streams.clinical.escalations import Kind
 from streams.formats.state import StateDecodeError, decode_state, encode_state
 from tests.stories import Story, admitted, enrolled, survey, visit_completed
 

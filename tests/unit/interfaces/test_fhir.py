@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from streams.analysis.replay import replay
 from streams.cli import main
-from streams.clinical.engine import Kind, escalation_id
+from streams.clinical.escalations import VISIT_REQUEST_KINDS, Kind, escalation_id
 from streams.clinical.events import event_from_json, format_time, parse_time
 from streams.clinical.policy import resolve_policy
 from streams.clinical.scoring import ITEM_CODES
@@ -301,7 +301,7 @@ def opened_before(escalations: list[dict[str, Any]], index: int) -> dict[str, An
     patient = escalations[index]["patient_id"]
     return [
         e for e in escalations[:index]
-        if e["patient_id"] == patient and Kind(e["kind"]) in fhir.REQUEST_KINDS
+        if e["patient_id"] == patient and Kind(e["kind"]) in VISIT_REQUEST_KINDS
     ][-1]  # fmt: skip
 
 

@@ -10,7 +10,8 @@ from importlib.metadata import version
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from streams.clinical.engine import ENDED, NEW_PATIENT, Kind, OpenRequest, PatientState
+from streams.clinical.engine import ENDED, NEW_PATIENT, OpenRequest, PatientState
+from streams.clinical.escalations import Kind
 from streams.clinical.policy import builtin_policy
 from streams.worker.metrics import CARE_STEPS, EVENT_TYPES, OUTCOMES, Census, WorkerMetrics
 
