@@ -503,7 +503,7 @@ def enrollment_log(patients: int, seed: int, start_ms: int, prefix: str = "r") -
 
 
 class _RecordingTable:
-    """What ``streams.worker.app.Monitor`` needs of faust's table, recording every write (which
+    """What ``streams.worker.pipeline.Monitor`` needs of faust's table, recording every write (which
     faust sends to the changelog partition of the record being processed)."""
 
     def __init__(self) -> None:
@@ -543,8 +543,8 @@ def worker_changelog(
 ) -> dict[int, list[tuple[bytes, bytes]]]:
     """The records a worker writes to its table's changelog for ``log`` (published to
     ``partitions``), per partition and in order: the worker's own ``Monitor._process``
-    (``streams.worker.app``: engine, ``BufferedStates``, clock saves) runs in this process over the
-    records, with a table that records its writes and topics that acknowledge at once."""
+    (``streams.worker.pipeline``: engine, ``BufferedStates``, clock saves) runs in this process
+    over the records, with a table that records its writes and topics that acknowledge at once."""
     import asyncio
     from types import SimpleNamespace
 
@@ -552,8 +552,8 @@ def worker_changelog(
 
     from streams.clinical.policy import resolve_policy
     from streams.kafka.settings import Settings
-    from streams.worker.app import Monitor
     from streams.worker.metrics import WorkerMetrics
+    from streams.worker.pipeline import Monitor
 
     settings = Settings.from_env({"STEPCARE_CLOCK": "event"})
     policy = resolve_policy(settings.policy)

@@ -1,7 +1,7 @@
 """The per-record work every Kafka pipeline of the benchmark does, outside any framework.
 
 Shared by ``bench/raw_loop.py`` (confluent-kafka, the project's venv) and
-``bench/quix_peer.py`` (Quix Streams, a separate venv): neither may import ``streams.worker.app``
+``bench/quix_peer.py`` (Quix Streams, a separate venv): neither may import ``streams.worker``
 (it imports faust, absent from the Quix venv); the worker's helpers they share live in
 faust-free modules (``streams.formats.avro.cloudevent_headers``).
 """

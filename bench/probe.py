@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from streams import cli  # noqa: E402
-from streams.worker import app as worker_app  # noqa: E402
+from streams.worker import pipeline, states  # noqa: E402
 
 STAGES = ("decode", "engine", "publish", "store", "rest", "between")
 OVERLAPPING = ("table_writes", "state_reads", "commits")
@@ -102,14 +102,14 @@ def _wrap(owner: object, name: str, wrapper) -> None:
 
 
 def install() -> None:
-    _wrap(worker_app, "decode_event", functools.partial(_timed, "decode"))
-    _wrap(worker_app, "event_from_json", functools.partial(_timed, "decode"))
-    _wrap(worker_app.PartitionEngine, "process", functools.partial(_timed, "engine"))
-    _wrap(worker_app.BufferedStates, "write", functools.partial(_timed, "store"))
-    _wrap(worker_app.Monitor, "publish", functools.partial(_timed_async, "publish"))
-    _wrap(worker_app.BufferedStates, "__getitem__", functools.partial(_timed, "state_reads"))
-    _wrap(worker_app.faust.Table, "__setitem__", functools.partial(_timed, "table_writes"))
-    _wrap(worker_app.Monitor, "handle", _timed_handle)
+    _wrap(pipeline, "decode_event", functools.partial(_timed, "decode"))
+    _wrap(pipeline, "event_from_json", functools.partial(_timed, "decode"))
+    _wrap(pipeline.PartitionEngine, "process", functools.partial(_timed, "engine"))
+    _wrap(states.BufferedStates, "write", functools.partial(_timed, "store"))
+    _wrap(pipeline.Monitor, "publish", functools.partial(_timed_async, "publish"))
+    _wrap(states.BufferedStates, "__getitem__", functools.partial(_timed, "state_reads"))
+    _wrap(pipeline.faust.Table, "__setitem__", functools.partial(_timed, "table_writes"))
+    _wrap(pipeline.Monitor, "handle", _timed_handle)
 
     from aiokafka.producer.sender import Sender
     from faust.transport.consumer import Consumer

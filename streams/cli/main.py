@@ -387,6 +387,7 @@ def _responses_of(obj: Any) -> Any:
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.worker import app as worker_app  # faust is slow to import: only for this command
+    from streams.worker import runner as worker_runner
 
     if args.policy:
         settings = dataclasses.replace(settings, policy=args.policy)
@@ -407,7 +408,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         f"clock {settings.clock}, {settings.processing_guarantee}, "
         f"metrics on http://{settings.web_host}:{settings.web_port}/metrics"
     )
-    return worker_app.run(app, settings)
+    return worker_runner.run(app, settings)
 
 
 def _check_listen(host: str, port: int) -> None:

@@ -41,7 +41,7 @@ MAX_TOPIC_LENGTH = 249
 MAX_APP_ID_LENGTH = MAX_TOPIC_LENGTH - len("-__assignor-__leader")
 _HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 WORKER_TABLE = (
-    "patients"  # streams.worker.app.TABLE: its changelog is "<app_id>-patients-changelog"
+    "patients"  # streams.worker.states.TABLE: its changelog is "<app_id>-patients-changelog"
 )
 SECRET_FILE_LIMIT = 1 << 20  # bytes read at most from a password, key or certificate file
 

@@ -184,7 +184,7 @@ def apply() -> bool:
 #
 # Found by tests/integration/test_faults.py (SIGKILLed workers and a broker restart under
 # ``processing_guarantee="exactly_once"``); each fix below names the defect it removes. The
-# worker itself (streams/worker/app.py) also sends its escalations and dead letters in the
+# worker itself (streams/worker/pipeline.py) also sends its escalations and dead letters in the
 # transaction of the input partition they come from, and holds ``commit_lock`` while it handles an
 # event.
 
@@ -286,8 +286,8 @@ async def _bounded_wait_empty(self: Any) -> None:
     faust waits, on stop and on every rebalance (``App._consumer_wait_empty``), until every
     message an agent took is acked, with no time limit. A message is never acked if its agent
     crashed on it (faust's supervisor restarts the agent with the next message) or if its
-    outputs cannot be delivered (the broker refuses a dead letter: streams/worker/app.py sends it
-    again every second): the worker then ignores SIGTERM for ever (found by
+    outputs cannot be delivered (the broker refuses a dead letter: streams/worker/pipeline.py sends
+    it again every second): the worker then ignores SIGTERM for ever (found by
     tests/integration/test_worker_safety.py). Giving up is safe: only acked offsets are
     committed, so the events not acked are delivered again, to this worker or another.
     """

@@ -840,7 +840,7 @@ def test_b6_a_policy_with_infinite_days_is_a_one_line_error(tmp_path: Path) -> N
 def test_b7_a_patient_id_cannot_be_a_reserved_key_of_the_workers_table(patient_id: str) -> None:
     from faust.stores.rocksdb import Store
 
-    from streams.worker.app import _CLOCK_KEY
+    from streams.worker.states import _CLOCK_KEY
 
     # The table key of a patient is its id in UTF-8: these ids are the worker's own keys (the
     # partition's clock) and faust's (the RocksDB store's offset, read back with int()).

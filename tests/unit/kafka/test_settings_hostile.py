@@ -594,6 +594,6 @@ def test_the_worker_refuses_to_start_with_one_line(
 
 def test_the_worker_s_table_is_the_one_settings_keep_apart_from_the_topics() -> None:
     from streams.kafka.settings import WORKER_TABLE
-    from streams.worker import app
+    from streams.worker import states
 
-    assert app.TABLE == WORKER_TABLE
+    assert states.TABLE == WORKER_TABLE

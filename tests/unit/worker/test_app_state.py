@@ -13,15 +13,11 @@ from streams.clinical.engine import PatientState
 from streams.clinical.policy import resolve_policy
 from streams.formats.state import decode_state
 from streams.kafka.settings import Settings
-from streams.worker import app as app_module
-from streams.worker.app import (
-    CLEAN_STOP,
-    BufferedStates,
-    InFlight,
-    Monitor,
-    forget_unclean_state,
-)
+from streams.worker import pipeline
 from streams.worker.metrics import Census, WorkerMetrics
+from streams.worker.pipeline import InFlight, Monitor
+from streams.worker.runner import CLEAN_STOP, forget_unclean_state
+from streams.worker.states import BufferedStates
 
 
 def test_tables_left_by_a_crash_are_dropped(tmp_path: Path) -> None:
@@ -136,7 +132,7 @@ def test_events_are_acknowledged_in_input_order_once_their_outputs_are_acked() -
 def test_an_output_the_broker_failed_is_sent_again_before_the_event_is_acknowledged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(app_module, "RESEND_PAUSE", 0.0)
+    monkeypatch.setattr(pipeline, "RESEND_PAUSE", 0.0)
 
     async def scenario() -> tuple[list[int], int]:
         watcher = monitor({})
