@@ -40,9 +40,9 @@ TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
 MAX_TOPIC_LENGTH = 249
 MAX_APP_ID_LENGTH = MAX_TOPIC_LENGTH - len("-__assignor-__leader")
 _HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
-WORKER_TABLE = (
-    "patients"  # streams.worker.states.TABLE: its changelog is "<app_id>-patients-changelog"
-)
+# The worker's table (streams.worker.states.TABLE): its changelog is "<app_id>-patients-changelog",
+# a name no configured topic may take.
+WORKER_TABLE = "patients"
 SECRET_FILE_LIMIT = 1 << 20  # bytes read at most from a password, key or certificate file
 
 

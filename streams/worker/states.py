@@ -12,11 +12,12 @@ import faust
 
 from streams.clinical.engine import PatientState
 from streams.formats.state import StateDecodeError, decode_state, encode_state
+from streams.kafka.settings import WORKER_TABLE
 from streams.worker.metrics import Census
 
 log = logging.getLogger("stepcare.worker")
 
-TABLE = "patients"
+TABLE = WORKER_TABLE
 # Reserved table keys (never a patient id: ids cannot start with NUL) for each partition's clock.
 _CLOCK_KEY = b"\x00clock/%d"
 

@@ -590,10 +590,3 @@ def test_the_worker_refuses_to_start_with_one_line(
     done = _run(["worker"], env, tmp_path)
     assert done.returncode == 2, done.stderr
     assert one_line(done.stderr).startswith(message)
-
-
-def test_the_worker_s_table_is_the_one_settings_keep_apart_from_the_topics() -> None:
-    from streams.kafka.settings import WORKER_TABLE
-    from streams.worker import states
-
-    assert states.TABLE == WORKER_TABLE
