@@ -1,50 +1,16 @@
 """Run policies over event logs with the same engine and compare what they request.
 
-Two uses, one interface:
-
-* ``--input LOG --policy A --policy B ...`` (one input): every policy runs over the same log.
-  This counts what each policy would have requested given that history. The visits completed
-  in the log are whatever the arm that produced it did, for every policy alike.
-* ``--input A.jsonl --input B.jsonl --policy step-pc-2024 --policy early-pc`` (as many inputs
-  as policies): input i runs under policy i. This is the trial comparison: two ``stepcare
-  simulate`` runs with the same seed, one per arm, each under its own policy.
-
-Each run is a fresh ``PartitionEngine`` fed the log in file order (one pass per input for all
-its policies); ``--until`` then advances its clock, firing the timers due before that time.
-Reported per run, on stdout as a table (and, one row per run, in ``--csv``; as bar charts in
-``--png``):
-
-* ``events``: valid input records (CLOCK_TICK excluded); ``rejected``: records that are not
-  valid events (reported on stderr with their record number) and were skipped.
-* ``patients``: enrolled patients, i.e. patients for whom the run emitted INITIAL_VISIT_DUE;
-  the patient's enrollment time is that escalation's ``occurred_at`` (the ENROLLED event).
-  Every per-patient number below divides by this count, whatever each patient's follow-up.
-* ``escalations_<KIND>``: escalations of each kind emitted by the run (timers included).
-* ``visit_requests_per_patient_wk<N>``: escalations of the visit kinds INITIAL_VISIT_DUE,
-  STEP_UP, TREATMENT_CHANGE_VISIT_DUE, POST_DISCHARGE_VISIT_DUE and MONTHLY_VISIT_DUE whose
-  ``occurred_at`` minus the patient's enrollment time is less than N weeks, divided by
-  ``patients``. N is 24 (the trial's week) and every ``--week`` given.
-* ``visits_completed_per_patient_wk<N>``: PALLIATIVE_VISIT_COMPLETED events the engine applied
-  (not duplicates, not before enrollment or after the end of monitoring) less than N weeks after
-  the patient's enrollment, divided by ``patients``: the trial's own measure (2.4 vs 4.7 by
-  week 24) when the log came from the policy's own arm.
-* ``stepped_up`` and ``stepped_up_share``: patients with a STEP_UP escalation, and that count
-  divided by ``patients``.
-* ``step_up_days_median``, ``_q1``, ``_q3``: days (exact, fractional) from enrollment to the
-  patient's STEP_UP, over the patients stepped up: median and quartiles by linear interpolation
-  between order statistics (``statistics.quantiles(method="inclusive")``, NumPy's default).
-  Empty when nobody was stepped up.
-* ``survey_overdue`` and ``visit_overdue``: the counts of SURVEY_OVERDUE and VISIT_OVERDUE.
-* ``suppressed``: step-1 triggers not sent because a visit request was already open.
+:func:`compare` runs one ``PartitionEngine`` per (log, policy) pair, one pass per log; each
+:class:`Run` reports the counts per enrolled patient (visit requests and completed visits by
+week, step-ups, overdue timers ...), rendered as a table, a CSV or bar charts. What each column
+counts: docs/simulation.md, "What compare counts".
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,10 +18,9 @@ from pathlib import Path
 
 from streams.clinical.engine import Outcome
 from streams.clinical.escalations import VISIT_REQUEST_KINDS, Escalation, Kind
-from streams.clinical.events import DAY_MS, EventError, EventType, PatientEvent, parse_time
+from streams.clinical.events import DAY_MS, EventType, PatientEvent
 from streams.clinical.partition import PartitionEngine
-from streams.clinical.policy import Policy, resolve_policy
-from streams.errors import UsageError
+from streams.clinical.policy import Policy
 
 WEEK_MS = 7 * DAY_MS
 DEFAULT_WEEK = 24
@@ -323,70 +288,3 @@ def write_png(path: str, rows: list[dict[str, object]], weeks: Sequence[float]) 
             fig.savefig(out, dpi=100, format="png")
     finally:
         plt.close(fig)
-
-
-# -- the command --------------------------------------------------------------------------------
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "--input",
-        action="append",
-        required=True,
-        help="JSONL or Avro log; once for all policies, or once per --policy (paired in order)",
-    )
-    parser.add_argument(
-        "--policy",
-        action="append",
-        required=True,
-        help="built-in policy name (step-pc-2024, early-pc) or a TOML file; repeat",
-    )
-    parser.add_argument(
-        "--week",
-        action="append",
-        type=float,
-        default=[],
-        help=f"also count visits by this week after enrollment (week {DEFAULT_WEEK} always)",
-    )
-    parser.add_argument("--until", help="advance every clock to this RFC 3339 time at the end")
-    parser.add_argument("--csv", help="write one row per policy run to this CSV file")
-    parser.add_argument("--png", help="write bar charts to this PNG file")
-
-
-def run(args: argparse.Namespace, settings: object) -> int:
-    from streams.formats.files import refuse_same_file
-
-    started = time.monotonic()
-    if len(args.input) != 1 and len(args.input) != len(args.policy):
-        raise UsageError(
-            f"{len(args.input)} --input for {len(args.policy)} --policy: give one --input for "
-            "all policies, or one --input per --policy (paired in order)"
-        )
-    if any(not w > 0 for w in args.week):
-        raise UsageError("--week must be more than 0")
-    weeks = sorted({DEFAULT_WEEK, *args.week})
-    try:
-        until = None if args.until is None else parse_time(args.until)
-    except EventError as exc:
-        raise UsageError(f"--until: {exc}") from None
-    refuse_same_file(args.input, [args.csv, args.png])
-    policies = [resolve_policy(name) for name in args.policy]
-    runs = compare(args.input, policies, until=until)
-    engines = time.monotonic() - started
-    rows = [r.report(weeks) for r in runs]
-    sys.stdout.write(table(rows, weeks))
-    sys.stdout.flush()
-    if args.csv:
-        write_csv(args.csv, rows)
-    if args.png:
-        write_png(args.png, rows, weeks)
-    seconds = time.monotonic() - started
-    logs = list(dict.fromkeys(args.input))
-    events = sum(next(r.events for r in runs if r.input == log) for log in logs)
-    print(
-        f"compared {len(runs)} policy runs over {events} events ({len(logs)} "
-        f"log{'s' if len(logs) > 1 else ''}) in {engines:.2f} s; {seconds:.2f} s with the output",
-        file=sys.stderr,
-    )
-    return 0

@@ -1,22 +1,17 @@
 """Why was this patient (not) seen? One patient's story, as the engine lived it.
 
-The whole log runs through one PartitionEngine, exactly as in stepcare replay (timers depend on
-the clock, which every patient's events move). The chosen patient's events with their outcomes
-(applied, duplicate, held, ignored), suppressed triggers and escalations (timer-fired ones and
-those fired by --until included) are told in order, one line each, with the FACT-L scores, the
-baseline and its source survey, and the change against the step-up threshold; then a summary.
-The story goes to stdout, and with --png / --html to a chart and a self-contained page;
-patient-level data goes nowhere else (an unknown patient: exit 2).
+:func:`explain` runs the whole log through one ``PartitionEngine`` (timers depend on the clock,
+which every patient's events move) and tells the chosen patient's events, outcomes, suppressed
+triggers and escalations as a :class:`Story`; :func:`render_png` and :func:`render_html` draw it.
+What the story tells: docs/simulation.md, "Explaining one patient".
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
 import html
 import io
-import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,10 +36,9 @@ from streams.clinical.events import (
     parse_time,
 )
 from streams.clinical.partition import PartitionEngine
-from streams.clinical.policy import Policy, resolve_policy
+from streams.clinical.policy import Policy
 from streams.clinical.scoring import FactLScore
 from streams.errors import UsageError
-from streams.formats.files import write_output
 
 SUBSCALES = ("PWB", "SWB", "EWB", "FWB", "LCS")
 LABELS = {
@@ -508,7 +502,7 @@ def render_png(story: Story) -> bytes:
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
     except ImportError:
-        raise _usage("--png and --html need matplotlib (pip install matplotlib)") from None
+        raise UsageError("--png and --html need matplotlib (pip install matplotlib)") from None
     from datetime import UTC, datetime
 
     def dt(ms: int) -> datetime:
@@ -707,52 +701,3 @@ def render_html(story: Story, png: bytes) -> str:
         f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
         f"<h2>Summary</h2>{summary}</body></html>\n"
     )
-
-
-# -- the command ----------------------------------------------------------------------------------
-
-
-def _usage(message: str) -> Exception:
-
-    return UsageError(message)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--input", required=True, metavar="LOG", help="JSONL or Avro container log, or - (JSONL)"
-    )
-    parser.add_argument("--patient", required=True, metavar="ID", help="the patient to explain")
-    parser.add_argument(
-        "--policy",
-        metavar="NAME|FILE",
-        help="built-in policy name (step-pc-2024, early-pc) or a TOML file",
-    )
-    parser.add_argument(
-        "--until", metavar="TIME", help="advance the clock to this RFC 3339 time at the end"
-    )
-    parser.add_argument("--png", metavar="FILE", help="also write the timeline chart (PNG)")
-    parser.add_argument(
-        "--html", metavar="FILE", help="also write a self-contained HTML page (story and chart)"
-    )
-
-
-def run(args: argparse.Namespace, settings: object) -> int:
-    from streams.formats.files import refuse_same_file
-
-    refuse_same_file([args.input], [args.png, args.html])
-    policy = resolve_policy(args.policy)
-    try:
-        until = None if args.until is None else parse_time(args.until)
-    except EventError as exc:
-        raise _usage(f"--until: {exc}") from None
-    story = explain(read_events(args.input), args.patient, policy, until=until)
-    if story is None:
-        raise _usage(f"patient {args.patient!r} does not appear in {args.input}")
-    png = render_png(story) if args.png or args.html else b""
-    if args.png:
-        write_output(args.png, png)
-    if args.html:
-        write_output(args.html, render_html(story, png).encode("utf-8"))
-    sys.stdout.write("".join(line + "\n" for line in story.lines()))
-    sys.stdout.flush()
-    return 0

@@ -1,34 +1,19 @@
 """A seeded synthetic cohort shaped like the STEP PC trial, with the engine in the loop.
 
-Each patient is enrolled at a random time in the accrual period, fills in a FACT-L form before
-enrollment (the baseline) and then every 6 weeks, generated item by item so that totals come from
-the real FACT-L scoring (missing items, incomplete forms and missed forms included). Quality of
-life follows one of three trajectories (stable, gradual decline, abrupt decline); cancer
-treatment changes, hospital stays, deaths and withdrawals happen at documented rates. Follow-up
-ends ``--weeks`` weeks (plus a 7-day assessment window) after enrollment with a DISENROLLED
-event, so no patient is left with running timers.
-
-The engine runs in the loop: every visit request of the simulated arm's own policy is booked
-and completed some days later (a documented delay distribution); some requests are not honoured
-and wait for VISIT_OVERDUE. Patients are drawn from random streams of their own, one per purpose
-(enrollment, trajectory, surveys, items, treatment, hospital, end of follow-up, visits), seeded
-from (seed, patient, purpose); only the visit stream depends on the arm. So the same seed under
-``step-pc-2024`` and ``early-pc`` gives the two arms of the trial: the very same patients, forms
-and clinical events (same event ids), and different palliative-care visits.
-
-The log is written in time order (ties: by patient, then by the patient's own order), as JSONL
-or an Avro container. Parameters and their sources: docs/simulation.md.
+Each patient is planned from random streams of their own (one per purpose, seeded from seed,
+patient and purpose) and lived through a ``PartitionEngine`` under the arm's policy, whose visit
+requests are booked and completed; only the visit stream depends on the arm, so one seed gives
+both arms of the trial with the same patients. :func:`simulate` yields the events in time order.
+The model, every parameter and its source: docs/simulation.md, "The simulated cohort".
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import heapq
 import math
 import random
 import statistics
-import sys
 import time
 from bisect import bisect_left
 from collections import Counter
@@ -40,17 +25,12 @@ from streams.clinical.engine import next_deadline
 from streams.clinical.escalations import VISIT_REQUEST_KINDS, Escalation, Kind
 from streams.clinical.events import (
     DAY_MS,
-    MAX_EVENT_TIME,
-    EventError,
     event_from_json,
     format_time,
-    parse_time,
 )
 from streams.clinical.partition import PartitionEngine
-from streams.clinical.policy import Policy, resolve_policy
+from streams.clinical.policy import Policy
 from streams.clinical.scoring import REVERSED, SUBSCALES, UNSCORED
-from streams.errors import UsageError
-from streams.formats.convert import LogError, output_format, write_log
 
 MINUTE_MS = 60_000
 WEEK_MS = 7 * DAY_MS
@@ -592,81 +572,3 @@ def _tally(summary: Summary, plan: Plan, lived: Lived, week_24: int) -> None:
             and escalation.occurred_at - plan.enrolled_at < week_24
         ):
             summary.requests_by_week_24 += 1
-
-
-# -- the command --------------------------------------------------------------------------------
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--patients", type=int, default=507, help="patients (default 507)")
-    parser.add_argument(
-        "--weeks", type=float, default=24, help="weeks of follow-up after enrollment (default 24)"
-    )
-    parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    parser.add_argument(
-        "--arm",
-        default="step-pc-2024",
-        help="the arm's policy: step-pc-2024 (default), early-pc, or a policy TOML file",
-    )
-    parser.add_argument("--output", default="-", help="file to write (.jsonl or .avro), or -")
-    parser.add_argument(
-        "--format", choices=("jsonl", "avro"), help="output format (default: by extension)"
-    )
-    parser.add_argument(
-        "--start",
-        default=TRIAL_START,
-        help=f"RFC 3339 time before the first event (default {TRIAL_START}, the trial's start)",
-    )
-    parser.add_argument(
-        "--accrual-weeks",
-        type=float,
-        default=ACCRUAL_WEEKS,
-        help=f"enrollment is spread over this many weeks (default {ACCRUAL_WEEKS})",
-    )
-
-
-def run(args: argparse.Namespace, settings: object) -> int:
-
-    if args.patients < 1:
-        raise UsageError("--patients must be at least 1")
-    if not args.weeks > 0 or not args.accrual_weeks > 0:
-        raise UsageError("--weeks and --accrual-weeks must be more than 0")
-    try:
-        start = parse_time(args.start)
-    except EventError as exc:
-        raise UsageError(f"--start: {exc}") from None
-    try:
-        fmt = output_format(args.output, args.format)
-    except LogError as exc:
-        raise UsageError(str(exc)) from None
-    policy = resolve_policy(args.arm)
-    day0 = -(-start // DAY_MS) * DAY_MS  # the first UTC midnight at or after --start
-    # The last event: the last enrollment (after the baseline lead), its follow-up and window.
-    last = day0 + (math.ceil(BASELINE_LEAD_DAYS) + args.accrual_weeks * 7 + 1) * DAY_MS
-    last += args.weeks * WEEK_MS + FOLLOW_UP_WINDOW_DAYS * DAY_MS
-    if not last < MAX_EVENT_TIME:  # NaN and inf fail too
-        raise UsageError(
-            f"--start {args.start} with {args.accrual_weeks:g} weeks of accrual and "
-            f"{args.weeks:g} of follow-up would end after {format_time(MAX_EVENT_TIME)}, the "
-            "latest time an event may have: start earlier or simulate fewer weeks"
-        )
-    cohort = Cohort(args.seed, args.patients, args.weeks, day0, args.accrual_weeks)
-    summary = Summary()
-    last = [time.monotonic()]
-
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 2.0:
-            last[0] = now
-            written = sum(summary.events.values())
-            print(f"simulate: {done}/{total} patients, {written} events", file=sys.stderr,
-                  flush=True)  # fmt: skip
-
-    try:
-        write_log(args.output, simulate(cohort, policy, summary, progress), fmt)
-    except LogError as exc:
-        raise UsageError(str(exc)) from None
-    where = "stdout" if args.output == "-" else args.output
-    print(f"{summary.text(policy)} -> {where} ({fmt})", file=sys.stderr)
-    return 0

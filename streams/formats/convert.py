@@ -1,38 +1,21 @@
-"""Convert a PatientEvent log between JSONL and an Avro object container file.
+"""A PatientEvent log's format (JSONL or an Avro object container file), and its writer.
 
 The input format is detected by content (an Avro container starts with the bytes ``Obj\\x01``;
-anything else is read as JSONL, ``-`` is JSONL on stdin). The output format is ``--format``, or
-else the output's extension: ``.avro`` is Avro, ``.jsonl``, ``.ndjson`` and ``.json`` are JSONL
-(``-`` is JSONL on stdout).
-
-Every record is validated as ``stepcare replay`` validates it (DESIGN §3: known type, RFC 3339
-time, FACT-L responses that score). A record that is not a valid event is reported on stderr as
-``record N: reason`` (N counts input records from 1; for JSONL it is the line number) and is not
-written; the rest are converted in order and the command exits 0 with a summary. Written JSONL
-is canonical (compact, keys in the documented order, times as ``...Z``), so JSONL -> Avro ->
-JSONL gives back the same bytes for a canonical log. A corrupt Avro container cannot be read past
-the damage: the command exits 2 with one line and writes nothing. The output is written to a
-temporary file and renamed over ``--output`` at the end (``streams.formats.files``), so a failed run
-leaves it as it was; ``--output`` may not be the input (the same file, by any name).
+anything else is read as JSONL, ``-`` is JSONL on stdin). The output format is given, or else
+the output's extension: ``.avro`` is Avro, ``.jsonl``, ``.ndjson`` and ``.json`` are JSONL (``-``
+is JSONL on stdout). ``stepcare convert`` is ``streams.cli.convert`` (docs/simulation.md).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
-from streams.clinical.events import event_to_json
-from streams.errors import UsageError
 from streams.formats.avro import is_avro_container, write_avro_log
-from streams.formats.files import FileError, open_output, read_events, refuse_same_file
-
-__all__ = ["LogError", "input_format", "output_format", "read_events", "write_log"]
+from streams.formats.files import FileError, open_output
 
 Format = Literal["jsonl", "avro"]
 FORMATS: tuple[Format, ...] = ("jsonl", "avro")
@@ -95,46 +78,3 @@ def write_log(path: str, objs: Iterable[dict[str, Any]], fmt: Format) -> int:
             write(orjson.dumps(obj) + b"\n")
             count += 1
         return count
-
-
-# -- the command -----------------------------------------------------------------------------
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--input", required=True, help="JSONL or Avro log, or - for JSONL stdin")
-    parser.add_argument("--output", required=True, help="file to write, or - for JSONL stdout")
-    parser.add_argument(
-        "--format", choices=FORMATS, help="output format (default: by the output's extension)"
-    )
-    parser.add_argument("--strict", action="store_true", help="exit 2 on the first bad record")
-
-
-def run(args: argparse.Namespace, settings: object) -> int:
-
-    refuse_same_file([args.input], [args.output])
-    started = time.monotonic()
-    source_format = input_format(args.input)
-    target_format = output_format(args.output, args.format)
-    records = read_events(args.input)
-    rejected = 0
-
-    def valid() -> Iterator[dict[str, Any]]:
-        nonlocal rejected
-        for number, item in records:
-            if isinstance(item, str):
-                if args.strict:
-                    raise UsageError(f"record {number}: {item}")
-                rejected += 1
-                print(f"record {number}: {item}", file=sys.stderr)
-                continue
-            yield event_to_json(item)
-
-    written = write_log(args.output, valid(), target_format)
-    seconds = time.monotonic() - started
-    print(
-        f"converted {written} records ({source_format} -> {target_format}) in {seconds:.1f} s, "
-        f"{rejected} rejected",
-        file=sys.stderr,
-    )
-    return 0

@@ -1,4 +1,5 @@
-"""``stepcare publish``: a historical event log onto the input topic, as the live feeds would.
+"""Publishing a historical event log onto the input topic, as the live feeds would
+(``stepcare publish``, ``streams.cli.publish``).
 
 Each event becomes one record keyed by patient id (utf-8), valued with its Avro single-object
 encoding, and stamped with its ``occurred_at`` as the record timestamp (DESIGN §2-3, §8). The
@@ -15,7 +16,6 @@ clocks reach T and its timers fire as ``stepcare replay --until T`` fires them (
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -23,25 +23,23 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from streams.clinical.events import EventError, event_from_json, format_time, parse_time
+from streams.clinical.events import EventError, event_from_json, format_time
 from streams.errors import StepcareError
 from streams.formats.avro import encode_event
 from streams.formats.files import FileError, LogReader
 from streams.kafka.settings import Settings
 from streams.kafka.topics import TopicError, check_access
 
-TTY_PROGRESS_EVERY = 0.25  # seconds between redraws of the progress line on a terminal
-PLAIN_PROGRESS_EVERY = 10.0  # seconds between progress lines in a log file or a pipe
 METADATA_TIMEOUT = 15.0  # seconds to wait for the broker to describe the topic
 MAX_REPORTED_FAILURES = 10  # delivery failures reported one by one; the rest are counted
 
 
 class PublishError(StepcareError):
-    """A problem with the command itself (no topic, no broker, bad option): exit status 2."""
+    """A problem with the run itself (no topic, no broker, a damaged log): exit status 2."""
 
 
 @dataclass
@@ -93,48 +91,22 @@ class TokenBucket:
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
 
-class Progress:
-    """Progress on stderr: a redrawn line on a terminal, a plain line now and then otherwise."""
+class ProgressLine(Protocol):
+    """How far a run got, told as it goes (the CLI's progress line on stderr)."""
 
-    def __init__(
-        self,
-        stream: IO[str],
-        total_bytes: int | None,
-        *,
-        tty: bool | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.stream = stream
-        self.total = total_bytes or None
-        self.tty = stream.isatty() if tty is None else tty
-        self.every = TTY_PROGRESS_EVERY if self.tty else PLAIN_PROGRESS_EVERY
-        self.clock = clock
-        self.started = clock()
-        self.next = self.started + self.every
-        self.drawn = False
-
-    def update(self, published: int, position: int) -> None:
-        now = self.clock()
-        if now < self.next:
-            return
-        self.next = now + self.every
-        rate = published / (now - self.started) if now > self.started else 0.0
-        text = f"published {published} events, {rate:.0f} events/s"
-        if self.total:
-            text += f", {100 * position / self.total:.0f}% of the log"
-        if self.tty:
-            self.stream.write(f"\r{text}\x1b[K")
-            self.drawn = True
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+    def update(self, count: int, position: int | None = None) -> None:
+        """``count`` events published, the log read up to byte ``position``."""
 
     def clear(self) -> None:
-        """Erase the progress line (terminal only) before the summary is written."""
-        if self.drawn:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self.drawn = False
+        """Erase what was drawn before a line is written to stderr."""
+
+
+class _NoProgress:
+    def update(self, count: int, position: int | None = None) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
 
 
 # -- reading the log -----------------------------------------------------------------------------
@@ -220,6 +192,7 @@ def publish_log(
     where: str = "the broker",
     err: IO[str] | None = None,
     max_message_bytes: int | None = None,
+    progress: ProgressLine | None = None,
 ) -> PublishSummary:
     """Validate, encode and produce every record of ``log``; see the module docstring."""
     err = sys.stderr if err is None else err
@@ -227,7 +200,7 @@ def publish_log(
     summary = PublishSummary(topic)
     partitions_of(producer, topic, where)  # fail before reading anything
     started = time.monotonic()
-    progress = Progress(err, log.total_bytes)
+    progress = _NoProgress() if progress is None else progress
     bucket = TokenBucket(rate) if rate else None
     produced = 0
 
@@ -369,51 +342,13 @@ def _error_text(exc: KafkaException) -> str:
     return error.str() if isinstance(error, KafkaError) else str(exc)
 
 
-def command(args: argparse.Namespace, settings: Settings) -> int:
-    """The ``stepcare publish`` command: 0 if every record was delivered, 1 if some were not."""
-    times = {}
-    for option, value in (("--until", args.until), ("--from", args.since), ("--to", args.before)):
-        try:
-            times[option] = None if value is None else parse_time(value)
-        except EventError as exc:
-            raise PublishError(f"{option}: {exc}") from None
-    until, since, before = times["--until"], times["--from"], times["--to"]
-    if since is not None and before is not None and since >= before:
-        raise PublishError("--from must be before --to")
-    if args.rate is not None and not args.rate > 0:
-        raise PublishError(f"--rate: {args.rate:g} is not a positive number of events/s")
-    topic = args.topic or settings.input_topic
-    config = producer_config(settings, args.bootstrap_servers)
-    log = open_log(args.input)  # a missing file is reported before any connection is tried
+def connect(config: dict[str, Any], log_level: str) -> Producer:
+    """A producer with ``config`` (:func:`producer_config`), once the broker has let us in."""
+    try:  # a refused login or TLS handshake: one line at once, not retries until a timeout
+        check_access(config, METADATA_TIMEOUT)
+    except TopicError as exc:
+        raise PublishError(str(exc)) from None
     try:
-        try:  # a refused login or TLS handshake: one line at once, not retries until a timeout
-            check_access(config, METADATA_TIMEOUT)
-        except TopicError as exc:
-            raise PublishError(str(exc)) from None
-        config["logger"] = _librdkafka_logger(settings.log_level)
-        try:
-            producer = Producer(config)
-        except KafkaException as exc:
-            raise PublishError(f"cannot create a Kafka producer: {_error_text(exc)}") from None
-        summary = publish_log(
-            log,
-            producer,
-            topic,
-            rate=args.rate,
-            until=until,
-            since=since,
-            before=before,
-            strict=args.strict,
-            where=config["bootstrap.servers"],
-            max_message_bytes=int(config.get("message.max.bytes", 1_000_000)),
-        )
-    finally:
-        log.close()
-    print(summary.text(), file=sys.stderr, flush=True)
-    if summary.stopped_at is not None:
-        raise PublishError(summary.stopped_at)
-    if summary.failed:
-        reasons = "; ".join(f"{n} x {reason}" for reason, n in summary.failures.most_common())
-        print(f"stepcare: {summary.failed} records not delivered ({reasons})", file=sys.stderr)
-        return 1
-    return 0
+        return Producer({**config, "logger": _librdkafka_logger(log_level)})
+    except KafkaException as exc:
+        raise PublishError(f"cannot create a Kafka producer: {_error_text(exc)}") from None

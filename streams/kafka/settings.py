@@ -39,6 +39,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]+")
 MAX_TOPIC_LENGTH = 249
 MAX_APP_ID_LENGTH = MAX_TOPIC_LENGTH - len("-__assignor-__leader")
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a replay run (stepcare worker --replay)
 _HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 # The worker's table (streams.worker.states.TABLE): its changelog is "<app_id>-patients-changelog",
 # a name no configured topic may take.
@@ -259,6 +260,25 @@ class Settings:
                 doc = f"{doc} ({low}-{high})"
             described.append((env_name(f.name), str(f.default), doc))
         return described
+
+    def for_replay(self, run: str) -> Settings:
+        """A replay run's settings: a fresh consumer group (so it reads the input topic from its
+        start), event-time clock, and its own output topics and data dir, so nothing it writes
+        reaches the live escalation topic or disturbs a live worker's state."""
+        if not RUN_NAME.fullmatch(run):
+            raise SettingsError(f"--replay {run!r}: a run name is letters, digits, '.', '_' or '-'")
+
+        def beside(topic: str) -> str:
+            return f"{topic.removesuffix('.v1')}.replay.{run}"
+
+        return dataclasses.replace(
+            self,
+            app_id=f"{self.app_id}-replay-{run}",
+            escalations_topic=beside(self.escalations_topic),
+            dead_letter_topic=beside(self.dead_letter_topic),
+            data_dir=self.data_dir / f"replay-{run}",
+            clock="event",
+        )
 
 
 def env_name(field_name: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import subprocess
@@ -19,7 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streams.analysis.replay import canonical_json
 from streams.clinical.events import parse_time
 from streams.formats.avro import decode_event, write_avro_log
-from streams.kafka.publish import Progress, PublishSummary, TokenBucket
+from streams.kafka.publish import PublishSummary, TokenBucket
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "three-patients.jsonl"
@@ -286,35 +285,6 @@ def test_token_bucket_of_a_slow_rate_sends_one_at_a_time() -> None:
     assert bucket.take() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="rate must be more than 0"):
         TokenBucket(0)
-
-
-def test_progress_on_a_terminal_redraws_one_line_a_few_times_a_second() -> None:
-    clock, out = FakeClock(), io.StringIO()
-    progress = Progress(out, 1000, tty=True, clock=clock)
-
-    progress.update(10, 100)
-    clock.now += 0.1
-    progress.update(20, 200)
-    assert out.getvalue() == ""  # too soon
-    clock.now += 0.15
-    progress.update(50, 250)
-    assert out.getvalue() == "\rpublished 50 events, 200 events/s, 25% of the log\x1b[K"
-    progress.clear()
-    assert out.getvalue().endswith("\r\x1b[K")
-
-
-def test_progress_in_a_log_is_a_plain_line_every_ten_seconds() -> None:
-    clock, out = FakeClock(), io.StringIO()
-    progress = Progress(out, None, tty=False, clock=clock)
-
-    clock.now += 9
-    progress.update(90, 0)
-    clock.now += 1
-    progress.update(100, 0)
-    clock.now += 5
-    progress.update(150, 0)
-    progress.clear()
-    assert out.getvalue() == "published 100 events, 10 events/s\n"
 
 
 def test_the_summary_line() -> None:
