@@ -74,6 +74,13 @@ import orjson
 
 from streams.errors import StepcareError, UsageError
 from streams.interfaces.errors import AdapterError, Ignored, Where
+from streams.kafka.client import (
+    SAFE_PRODUCER,
+    connection_config,
+    error_text,
+    librdkafka_logger,
+    produce,
+)
 from streams.kafka.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, error_headers
 
 # The live bridges' topics. Those the worker shares (its input, its dead letters, its
@@ -640,7 +647,7 @@ class LiveBridge:
             consumer = Consumer(self.consumer_config)
             producer = Producer(self.producer_config)
         except KafkaException as exc:
-            raise BridgeError(f"cannot create a Kafka client: {_kafka_text(exc)}") from None
+            raise BridgeError(f"cannot create a Kafka client: {error_text(exc)}") from None
         consumer.subscribe([self.source])
         last_record = next_report = time.monotonic()
         next_report += self.report_every
@@ -722,12 +729,12 @@ class LiveBridge:
                 key, value, dead_headers = dead_letter_record(
                     record.key(), record.value(), list(headers), own, self.dead_letter_limit
                 )
-                _produce(
+                produce(
                     producer, self.dead_letters, key=key, value=value, headers=dead_headers,
                     on_delivery=lambda e, m: delivered("dead", e, m),
                 )  # fmt: skip
             else:
-                _produce(
+                produce(
                     producer, self.target, key=result.key, value=result.value,
                     timestamp=result.timestamp, headers=result.headers or None,
                     on_delivery=lambda e, m: delivered("written", e, m),
@@ -746,7 +753,7 @@ class LiveBridge:
         try:
             consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:  # e.g. the partitions moved: read again, at least once
-            self._say(f"bridge {self.name}: commit failed ({_kafka_text(exc)}); "
+            self._say(f"bridge {self.name}: commit failed ({error_text(exc)}); "
                       "these records will be read again")  # fmt: skip
 
     def summary(self) -> str:
@@ -758,23 +765,6 @@ class LiveBridge:
 
     def _say(self, line: str) -> None:
         print(line, file=self.err, flush=True)
-
-
-def _produce(producer: Any, topic: str, **kwargs: Any) -> None:
-    """Produce one record, waiting for room when the local queue is full."""
-    while True:
-        try:
-            producer.produce(topic, **kwargs)
-        except BufferError:
-            producer.poll(0.1)
-            continue
-        producer.poll(0)
-        return
-
-
-def _kafka_text(exc: Exception) -> str:
-    error = exc.args[0] if exc.args else None
-    return error.str() if hasattr(error, "str") else str(exc)
 
 
 def _run_live(args: argparse.Namespace, settings: Any) -> int:
@@ -842,11 +832,8 @@ def _run_live(args: argparse.Namespace, settings: Any) -> int:
                 )
             )
 
-    from streams.kafka.publish import producer_config
-
-    producer = producer_config(settings, args.bootstrap_servers)
-    producer["client.id"] = f"stepcare-bridge-{name}"
-    connection = {k: v for k, v in producer.items() if k in _CONNECTION_KEYS}
+    connection = connection_config(settings, args.bootstrap_servers)
+    producer = {**connection, **SAFE_PRODUCER, "client.id": f"stepcare-bridge-{name}"}
     created = _ensure_topics(connection, (source, target, dead_letters), settings)
     if created:
         _err(f"created topics {', '.join(created)} ({settings.partitions} partitions)")
@@ -857,7 +844,7 @@ def _run_live(args: argparse.Namespace, settings: Any) -> int:
         "enable.auto.commit": False,  # offsets are committed after the produce is acknowledged
         "auto.offset.reset": "earliest",  # a new group misses nothing already on the topic
         "isolation.level": "read_committed",
-        "logger": _quiet_logger(settings),
+        "logger": librdkafka_logger("bridge", settings.log_level),
     }
     producer["logger"] = consumer["logger"]
     bridge = LiveBridge(
@@ -880,20 +867,6 @@ def _run_live(args: argparse.Namespace, settings: Any) -> int:
             signal.signal(sig, handler)
 
 
-_CONNECTION_KEYS = frozenset(
-    {
-        "bootstrap.servers",
-        "security.protocol",
-        "sasl.mechanism",
-        "sasl.username",
-        "sasl.password",
-        "ssl.ca.location",
-        "ssl.certificate.location",
-        "ssl.key.location",
-    }
-)
-
-
 def _values_only(convert: Any) -> Any:
     """An -in converter called as (value, headers): the headers are not read."""
     return lambda value, headers: convert(value)
@@ -912,23 +885,10 @@ def _ensure_topics(config: dict[str, Any], names: tuple[str, ...], settings: Any
     try:
         existing = admin.list_topics(timeout=30).topics
     except KafkaException as exc:
-        raise TopicError(f"cannot reach Kafka: {_kafka_text(exc)}") from None
+        raise TopicError(f"cannot reach Kafka: {error_text(exc)}") from None
     missing = sorted({n for n in names if n not in existing})
     create_topics(admin, settings, missing, keep=names[:2])  # dead letters: default retention
     return missing
-
-
-def _quiet_logger(settings: Any) -> Any:
-    """librdkafka's own lines (reconnects, retries) only with STEPCARE_LOG_LEVEL=DEBUG."""
-    import logging
-
-    logger = logging.getLogger("stepcare.bridge.librdkafka")
-    logger.propagate = False
-    if not logger.handlers:
-        debug = str(getattr(settings, "log_level", "INFO")).upper() == "DEBUG"
-        logger.addHandler(logging.StreamHandler(sys.stderr) if debug else logging.NullHandler())
-        logger.setLevel(logging.DEBUG)
-    return logger
 
 
 def _err(line: str) -> None:

@@ -49,7 +49,7 @@ from streams.formats.avro import decode_escalation, decode_event, encode_escalat
 from streams.interfaces import fhir, hl7
 from streams.interfaces.bridge import FHIR_JSON, BridgeError, LiveBridge, fhir_in_record
 from streams.interfaces.pseudonym import SECRET_ENV, SECRET_FILE_ENV, Pseudonymizer
-from streams.kafka.publish import producer_config
+from streams.kafka.client import producer_config
 from streams.kafka.settings import Settings
 from tests.integration.workers import REPO, Deployment, read_topic
 from tests.unit.interfaces.test_fhir import (
