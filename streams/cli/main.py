@@ -66,7 +66,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert an event log between JSONL and Avro container files",
     ),
     "bridge": (
-        "streams.interfaces.bridge",
+        "streams.cli.bridge",
         "hospital interfaces: FHIR and HL7 v2 ADT in as events, FHIR out (files or Kafka)",
     ),
     "offsets": (

@@ -37,7 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """0 if every record was delivered, 1 if some were not."""
-    from streams.kafka import publish  # confluent-kafka is loaded only for this command
+    from streams.kafka import client, publish  # confluent-kafka is loaded only for this command
 
     times = {}
     for option, value in (("--until", args.until), ("--from", args.since), ("--to", args.before)):
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.rate is not None and not args.rate > 0:
         raise UsageError(f"--rate: {args.rate:g} is not a positive number of events/s")
     topic = args.topic or settings.input_topic
-    config = publish.producer_config(settings, args.bootstrap_servers)
+    config = client.producer_config(settings, args.bootstrap_servers)
     log = publish.open_log(args.input)  # a missing file is reported before any connection
     try:
         producer = publish.connect(config, settings.log_level)

@@ -1,74 +1,8 @@
 """FHIR R4: the FACT-L Questionnaire, QuestionnaireResponses in, escalations out as Bundles.
 
-Pure functions (no I/O, no clock); the offline converters (``stepcare bridge``) and the live
-bridges call them. Resources are checked with the ``fhir.resources`` models of FHIR R4B
-(``fhir.resources`` 8 ships R5, R4B and STU3, not R4 4.0.1 itself). R4B's changes concern other
-resources (medication definition, evidence, subscriptions), so for Questionnaire(Response),
-ServiceRequest, Task, Parameters and Bundle this is an R4 check of structure and datatypes; it
-does not check value sets or invariants (HL7's own validator would, and is not run here).
-
-**The Questionnaire** (:func:`fact_l_questionnaire`, shipped as
-``resources/fhir/fact-l-questionnaire.json``): FACT-L version 4, one ``integer`` item per FACIT
-item code (``linkId`` GP1 ... L4, B5, L5) with answer options 0-4, and **no item wording**: the
-wording is copyrighted by FACIT.org and licensed separately; a form renderer supplies it. Each
-item's ``text`` is a neutral "FACT-L item GP1".
-
-**QuestionnaireResponse -> PatientEvent** (:func:`questionnaire_response_to_event`): a
-``SURVEY_SUBMITTED`` event in the JSON rendering of DESIGN §3.
-
-* ``status`` must be ``completed``. ``amended`` (a correction of a response already sent),
-  ``entered-in-error``, ``in-progress`` and ``stopped`` are refused with the reason
-  ``fhir-status-<status>``, so the bridge can dead-letter them explicitly: the engine has no
-  way to take back a survey it has applied, so a correction needs a person.
-* ``item[].linkId`` is the FACIT item code; the answer is ``valueInteger`` 0-4 or
-  ``valueCoding`` with code "0" ... "4" (any system). An item without an answer is a missing
-  response (null); an item that is absent is missing too. Groups (items holding items) may nest
-  the questions. An unknown linkId, a repeated linkId, more than one answer, or any other value
-  refuses the whole response: a form is scored whole or not at all.
-* ``authored`` is the event time; it must carry a time of day and an offset (converted to UTC).
-* The patient is ``subject``: its ``identifier`` (system + value: the same MRN an HL7 feed
-  sends, so both feeds give the same patient) when present, else its ``reference``
-  (``Patient/123`` is read as ``{fhir_base}/Patient`` + ``123``; an absolute URL as is). Either
-  becomes the pseudonymous id of ``streams.interfaces.pseudonym``; the source id never leaves this
-  module.
-* ``event_id`` is ``fhir-qr-`` + a keyed hash of ``QuestionnaireResponse/<id>/_history/<versionId>``
-  (and the FHIR base): the same resource version redelivered is the same event (idempotent),
-  and no resource id (which some servers build from an MRN) reaches the event.
-* ``questionnaire``, when present, must be the FACT-L canonical (optionally ``|4``), or one the
-  caller allows.
-
-**Escalation -> Bundle** (:func:`escalation_to_bundle`): a FHIR ``transaction`` Bundle. New
-resources are ``PUT`` to ids derived from the escalation id, so a redelivered escalation rewrites
-the same resources (idempotent); an earlier request is changed by ``PATCH`` (FHIRPath Patch
-``Parameters``) of its status only, so nothing the scheduling system added to it is overwritten,
-and a repeated patch is harmless. ``related_request_id`` (DESIGN §3) names that earlier request.
-
-* Visit kinds (``INITIAL_VISIT_DUE``, ``STEP_UP``, ``TREATMENT_CHANGE_VISIT_DUE``,
-  ``POST_DISCHARGE_VISIT_DUE``, ``MONTHLY_VISIT_DUE``): a ``ServiceRequest/sr-<escalation_id>``
-  (status ``active``, intent ``order``, code SNOMED CT 103735009 "Palliative care
-  (regime/therapy)", ``occurrencePeriod`` from ``occurred_at`` to ``due_by``, ``authoredOn``
-  ``occurred_at``, ``reasonCode`` the escalation kind and its sentence, a ``note`` with the
-  FACT-L numbers) and a ``Task/task-<escalation_id>`` to fulfil it (status ``requested``,
-  intent ``order``, code ``fulfill``, ``focus`` the ServiceRequest, ``for`` the patient,
-  ``restriction.period`` the same window). When it replaces an open request (a ``STEP_UP`` with
-  ``related_request_id``), the new ServiceRequest ``replaces`` it, and the old ServiceRequest is
-  patched to ``revoked`` and its Task to ``cancelled``: one open request, as in the engine.
-* ``VISIT_OVERDUE`` and ``SURVEY_OVERDUE``: a worklist ``Task/task-<escalation_id>`` (status
-  ``requested``, intent ``order``, code the escalation kind in stepcare's code system,
-  ``restriction.period`` from the deadline that passed to ``due_by``). A VISIT_OVERDUE task's
-  ``focus`` is the overdue ServiceRequest; a SURVEY_OVERDUE task's ``input`` names the FACT-L
-  Questionnaire. A Task rather than a Communication: someone must act and close it, which is
-  what worklists track.
-* ``VISIT_REQUEST_CANCELLED``: the cancelled request's ``ServiceRequest`` patched to ``revoked``
-  and its ``Task`` to ``cancelled``; without ``related_request_id`` the escalation is refused
-  (``escalation-unknown-request``).
-* An unknown kind is refused (``escalation-unknown-kind``), to be put aside for a person.
-
-The patient is referenced as ``Patient/<pseudonymous id>`` unless the caller passes another
-``Reference``: this assumes the receiving FHIR server keys patients by the pseudonymous id (a
-pseudonymized integration store), or that an integration engine between stepcare and the EHR
-rewrites the reference to the real patient (it holds the re-identification table; stepcare never
-does).
+Pure functions (no I/O, no clock); the offline converters and the live bridges call them.
+Resources are checked with the ``fhir.resources`` models of FHIR R4B (structure and datatypes,
+not value sets or invariants). The mapping rules are in docs/integration.md, "What becomes what".
 """
 
 from __future__ import annotations

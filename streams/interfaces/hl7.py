@@ -1,51 +1,9 @@
 """HL7 v2 ADT messages in: hospital admissions, discharges (and deaths) as PatientEvents.
 
-Pure functions; the offline converter (``stepcare bridge hl7-import``) and the live bridge call
-:func:`adt_to_event` once per message. ``hl7apy`` checks each message's header (MSH and its
-encoding characters, a supported version 2.1-2.8.2) and that each segment is one of that version
-(or a local Z segment); fields are then read by position from the message text, the same way for
-every version, and unescaped (hl7apy's full parse is about 30 ms a message: too slow for a feed).
-
-Mapping (DESIGN §3):
-
-======================  ===========================  ===========================================
-trigger (MSH-9 / EVN-1)  event                        time (first non-empty field)
-======================  ===========================  ===========================================
-A01 admit, A04 register  ``HOSPITAL_ADMITTED``        PV1-44 admit time, EVN-6, EVN-2
-A03 discharge            ``HOSPITAL_DISCHARGED``      PV1-45 discharge time, EVN-6, EVN-2
-A03 with PID-30 = Y or   ``DECEASED``                 PID-29 death time, then as discharge
-PV1-36 expired
-other ADT (A08 ...)      :class:`Ignored`             -
-not ADT                  :class:`Ignored`             -
-======================  ===========================  ===========================================
-
-* **Time precedence**: the clinical time of the event when the message carries it (PV1-44 /
-  PV1-45), else EVN-6 (when the event occurred, v2.3+), else EVN-2 (when it was recorded,
-  required). A time needs at least minutes; without an offset it is read in the site's
-  ``timezone`` (default UTC: set it for feeds that send local times). A present but unreadable
-  time refuses the message rather than fall back silently.
-* **Discharges are inpatient discharges**: the trial's trigger is a discharge from an inpatient
-  admission, and many systems send A03 also to end outpatient and emergency visits. An A03
-  whose PV1-2 patient class is not in ``inpatient_classes`` (default ``I``) is
-  :class:`Ignored` (``hl7-not-inpatient``); an empty PV1-2 counts as a discharge (better a
-  visit too many than one missed). Admissions (A01, A04) are kept whatever the class (the engine
-  uses them as context only); the class is in ``attributes``.
-* **Deaths**: an A03 whose PID-30 (death indicator) is ``Y`` or whose PV1-36 (discharge
-  disposition) is an expired code (default 20, 40, 41, 42 as in the UB-04 list) is a
-  ``DECEASED`` event, not a discharge: a visit must not be requested for a patient who died.
-* **Patient**: the first PID-3 identifier (or the first of ``identifier_type``, e.g. ``MR``),
-  its system from the assigning authority CX-4: ``authority_systems[namespace or universal id]``
-  when given, else ``urn:oid:<HD-2>`` for an ISO authority, ``urn:uuid:<HD-2>`` for a UUID,
-  HD-2 itself for other universal ids, else the namespace id HD-1. For the FHIR feed of the same
-  site to give the same pseudonymous patient, map the authority to the system its
-  ``Identifier`` uses (e.g. ``{"GHH": "urn:oid:2.16.840.1.113883.3.42"}``).
-* **event_id**: ``hl7-`` + a keyed hash of MSH-3, MSH-4 and MSH-10 (the message control id):
-  a resent message is the same event (the engine ignores it), and no control id (some systems
-  build them from visit numbers) appears in the event.
-
-Errors are :class:`~streams.errors.AdapterError` with reason ``hl7-malformed`` and a
-detail that names the segment and field (and never quotes an identifier). MLLP framing (``\\x0b``
-... ``\\x1c\\x0d``) is stripped; segments may end with ``\\r``, ``\\n`` or ``\\r\\n``.
+Pure functions; the offline converter and the live bridge call :func:`adt_to_event` once per
+message. ``hl7apy`` checks each message's header and segments; fields are then read by position
+from the message text (hl7apy's full parse is about 30 ms a message: too slow for a feed). The
+mapping rules are in docs/integration.md, "What becomes what".
 """
 
 from __future__ import annotations

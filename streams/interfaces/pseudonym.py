@@ -1,33 +1,9 @@
 """Pseudonymous ids for patients (and for the source ids of their events): keyed hashes.
 
-Hospital feeds name a patient by an identifier: a medical record number with its assigning
-authority (HL7 v2 PID-3), a FHIR ``Patient`` id or ``Identifier``. stepcare never stores or
-publishes those. The adapters (``streams.interfaces.fhir``, ``streams.interfaces.hl7``) replace
-them with
-
-    patient_id = "pt-" + hex(HMAC-SHA256(secret, utf8(system + "|" + value)))[:32]
-
-where ``system`` names the issuer (``urn:oid:2.16.840.1.113883.3.42``, a FHIR server's
-``https://fhir.example.org/Patient``) and ``value`` is the identifier, both exact strings (no
-trimming, no case folding). The same identifier always gives the same id, on every worker and
-every run; without the secret nobody can compute it from an MRN, nor confirm a guess. Every
-feed of one site must therefore use **one** secret, and the same ``system`` spelling for the
-same issuer (see ``streams.interfaces.hl7`` for how an HL7 assigning authority becomes a system).
-
-Collisions: the id keeps 128 bits of the HMAC. For n patients the chance that any two share an
-id is about n^2 / 2^129: 1.5e-27 for a million patients, 1.5e-21 for a billion. It cannot
-happen by accident in practice; the prefix ``pt-`` keeps the ids apart from source ids.
-
-Source ids of events (FHIR resource ids, HL7 message control ids) may embed an MRN or a visit
-number at some sites, so event ids are keyed hashes too (:meth:`Pseudonymizer.token`), with a key
-derived from the secret for that purpose only: a token never equals a patient id.
-
-The secret (at least 32 bytes) comes from ``STEPCARE_PSEUDONYM_SECRET_FILE`` (a regular file of
-at most 4 KiB: its bytes, surrounding whitespace removed; a warning if group or others may read
-it) or ``STEPCARE_PSEUDONYM_SECRET`` (the bytes of the value, UTF-8 encoded by the environment);
-setting both is an error. Make one with ``openssl rand -base64 48``, keep it like a database
-password, and never rotate it casually: a new secret gives every patient a new id, and the
-engine would see new patients.
+:class:`Pseudonymizer` computes them with the site's secret (``STEPCARE_PSEUDONYM_SECRET_FILE``
+or ``STEPCARE_PSEUDONYM_SECRET``); :func:`fingerprint` names a secret in logs without revealing
+it. The formula, the secret's rules and why: docs/integration.md, "Pseudonymous ids and the
+secret".
 """
 
 from __future__ import annotations
@@ -54,7 +30,8 @@ class PseudonymError(StepcareError, ValueError):
 
 
 class Pseudonymizer:
-    """Keyed hashes of patient identifiers and source ids (see the module documentation)."""
+    """Keyed hashes of patient identifiers and source ids (docs/integration.md, "Pseudonymous ids
+    and the secret")."""
 
     __slots__ = ("_patient_key", "_token_key")
 

@@ -16,7 +16,6 @@ clocks reach T and its timers fire as ``stepcare replay --until T`` fires them (
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from collections import Counter
@@ -31,7 +30,7 @@ from streams.clinical.events import EventError, event_from_json, format_time
 from streams.errors import StepcareError
 from streams.formats.avro import encode_event
 from streams.formats.files import FileError, LogReader
-from streams.kafka.settings import Settings
+from streams.kafka.client import error_text, librdkafka_logger, produce
 from streams.kafka.topics import TopicError, check_access
 
 METADATA_TIMEOUT = 15.0  # seconds to wait for the broker to describe the topic
@@ -143,29 +142,12 @@ def _positions(reader: LogReader) -> Iterator[tuple[int, Any, int]]:
 # -- publishing ----------------------------------------------------------------------------------
 
 
-def producer_config(settings: Settings, bootstrap_servers: str | None) -> dict[str, Any]:
-    """Connection settings plus what makes publishing safe and ordered."""
-    config: dict[str, Any] = settings.confluent_config()
-    if bootstrap_servers:
-        config["bootstrap.servers"] = bootstrap_servers
-    config.update(
-        {
-            "acks": "all",
-            "enable.idempotence": True,  # retries keep order and do not duplicate
-            "partitioner": "murmur2_random",  # the Java client's and aiokafka's partitioner
-            "allow.auto.create.topics": False,  # a typo must not create a topic
-            "linger.ms": 20,
-        }
-    )
-    return config
-
-
 def partitions_of(producer: Producer, topic: str, where: str) -> list[int]:
     """The partition ids of ``topic``; ``PublishError`` if it does not exist or is unreachable."""
     try:
         metadata = producer.list_topics(topic, timeout=METADATA_TIMEOUT)
     except KafkaException as exc:
-        raise PublishError(f"cannot reach Kafka at {where}: {_error_text(exc)}") from None
+        raise PublishError(f"cannot reach Kafka at {where}: {error_text(exc)}") from None
     described = metadata.topics.get(topic)
     error = None if described is None else described.error
     if described is None or (
@@ -242,7 +224,7 @@ def publish_log(
             if bucket is not None:
                 _wait(producer, bucket.take())
             try:
-                _produce(
+                produce(
                     producer,
                     topic,
                     key=event.patient_id.encode(),
@@ -270,7 +252,7 @@ def publish_log(
                  "type": "CLOCK_TICK"}
             )  # fmt: skip
             for partition in partitions_of(producer, topic, where):
-                _produce(
+                produce(
                     producer, topic, key=b"", value=tick, timestamp=until, partition=partition,
                     on_delivery=partial(_tick_delivered, summary, err, partition),
                 )  # fmt: skip
@@ -301,18 +283,6 @@ def _tick_delivered(
         err.write(f"CLOCK_TICK on partition {partition}: not delivered: {error.str()}\n")
 
 
-def _produce(producer: Producer, topic: str, **kwargs: Any) -> None:
-    """Produce one record, waiting for room when the local queue is full."""
-    while True:
-        try:
-            producer.produce(topic, **kwargs)
-        except BufferError:
-            producer.poll(0.1)  # serve delivery reports; the queue drains meanwhile
-            continue
-        producer.poll(0)
-        return
-
-
 def _wait(producer: Producer, seconds: float) -> None:
     """Sleep ``seconds`` while serving delivery reports (no busy loop)."""
     if seconds <= 0:
@@ -322,26 +292,6 @@ def _wait(producer: Producer, seconds: float) -> None:
         producer.poll(left)
 
 
-def _librdkafka_logger(level: str) -> logging.Logger:
-    """librdkafka's own log lines (retries, reconnects) only with STEPCARE_LOG_LEVEL=DEBUG.
-
-    Otherwise they would interleave with the progress line; what matters to the user (no
-    broker, no topic, a record not delivered) is reported by this module in one line.
-    """
-    logger = logging.getLogger("stepcare.publish.librdkafka")
-    logger.propagate = False
-    if not logger.handlers:
-        debug = level.upper() == "DEBUG"
-        logger.addHandler(logging.StreamHandler(sys.stderr) if debug else logging.NullHandler())
-        logger.setLevel(logging.DEBUG)
-    return logger
-
-
-def _error_text(exc: KafkaException) -> str:
-    error = exc.args[0] if exc.args else None
-    return error.str() if isinstance(error, KafkaError) else str(exc)
-
-
 def connect(config: dict[str, Any], log_level: str) -> Producer:
     """A producer with ``config`` (:func:`producer_config`), once the broker has let us in."""
     try:  # a refused login or TLS handshake: one line at once, not retries until a timeout
@@ -349,6 +299,6 @@ def connect(config: dict[str, Any], log_level: str) -> Producer:
     except TopicError as exc:
         raise PublishError(str(exc)) from None
     try:
-        return Producer({**config, "logger": _librdkafka_logger(log_level)})
+        return Producer({**config, "logger": librdkafka_logger("publish", log_level)})
     except KafkaException as exc:
-        raise PublishError(f"cannot create a Kafka producer: {_error_text(exc)}") from None
+        raise PublishError(f"cannot create a Kafka producer: {error_text(exc)}") from None

@@ -25,6 +25,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.errors import StepcareError
+from streams.kafka.client import error_text
 from streams.kafka.settings import Settings, env_name
 
 
@@ -74,7 +75,7 @@ def check_access(config: Mapping[str, Any], timeout: float = 30.0) -> None:
                     f"({_REFUSED[error.code()]})"
                 ) from None
             if time.monotonic() >= deadline:
-                raise TopicError(f"cannot reach Kafka at {where}: {exc.args[0].str()}") from None
+                raise TopicError(f"cannot reach Kafka at {where}: {error_text(exc)}") from None
 
 
 def topic_names(settings: Settings) -> tuple[str, str, str]:
@@ -89,7 +90,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
         existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as exc:
         raise TopicError(
-            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc.args[0].str()}"
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {error_text(exc)}"
         ) from None
     wanted = topic_names(settings)
     if settings.input_topic in existing:
@@ -172,7 +173,7 @@ def reset_offsets(
         partitions = sorted(metadata.partitions)
         description = admin.describe_consumer_groups([group])[group].result(timeout)
     except KafkaException as exc:
-        raise TopicError(f"cannot reach Kafka: {exc.args[0].str()}") from None
+        raise TopicError(f"cannot reach Kafka: {error_text(exc)}") from None
     if description.members:
         raise TopicError(
             f"group {group} has {len(description.members)} active member(s): stop its "
@@ -201,5 +202,5 @@ def reset_offsets(
         try:
             admin.alter_consumer_group_offsets([request])[group].result(timeout)
         except KafkaException as exc:
-            raise TopicError(f"cannot move the offsets of {group}: {exc.args[0].str()}") from None
+            raise TopicError(f"cannot move the offsets of {group}: {error_text(exc)}") from None
     return moves

@@ -34,7 +34,8 @@ from streams.analysis.replay import canonical_json, replay
 from streams.clinical.policy import builtin_policy
 from streams.devtools.broker import Cluster
 from streams.formats.avro import decode_escalation
-from streams.kafka.publish import LogSource, producer_config, publish_log
+from streams.kafka.client import producer_config
+from streams.kafka.publish import LogSource, publish_log
 from streams.kafka.settings import Settings
 from tests.integration.workers import WorkerProcess, free_port
 

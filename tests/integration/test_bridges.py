@@ -47,9 +47,9 @@ from streams.cli import main
 from streams.clinical.events import parse_time
 from streams.formats.avro import decode_escalation, decode_event, encode_escalation, encode_event
 from streams.interfaces import fhir, hl7
-from streams.interfaces.bridge import FHIR_JSON, BridgeError, LiveBridge, fhir_in_record
+from streams.interfaces.live import FHIR_JSON, BridgeError, LiveBridge, fhir_in_record
 from streams.interfaces.pseudonym import SECRET_ENV, SECRET_FILE_ENV, Pseudonymizer
-from streams.kafka.publish import producer_config
+from streams.kafka.client import producer_config
 from streams.kafka.settings import Settings
 from tests.integration.workers import REPO, Deployment, read_topic
 from tests.unit.interfaces.test_fhir import (

@@ -34,7 +34,7 @@ TOPICS = {
     "stepcare.escalations.v1",
     "stepcare.patient-events.dlq.v1",
 }
-# The hospital interfaces' topics (streams/interfaces/bridge.py): stepcare's bridges, beside DESIGN
+# The hospital interfaces' topics (streams/interfaces/live.py): stepcare's bridges, beside DESIGN
 # §2.
 BRIDGE_TOPICS = {
     "stepcare.fhir.questionnaire-responses.v1",
@@ -139,21 +139,21 @@ def test_channel_addresses_are_the_contract_topics(doc: dict[str, Any]) -> None:
 
 
 def test_the_bridge_topics_are_those_of_the_bridges() -> None:
-    from streams.interfaces import bridge
+    from streams.interfaces import live
     from streams.kafka.settings import Settings
 
     assert {
-        bridge.FHIR_RESPONSES_TOPIC,
-        bridge.HL7_ADT_TOPIC,
-        bridge.FHIR_BUNDLES_TOPIC,
-        bridge.FHIR_BUNDLES_DLQ_TOPIC,
+        live.FHIR_RESPONSES_TOPIC,
+        live.HL7_ADT_TOPIC,
+        live.FHIR_BUNDLES_TOPIC,
+        live.FHIR_BUNDLES_DLQ_TOPIC,
     } == BRIDGE_TOPICS
     settings = Settings()  # the topics the bridges share with the worker, by default
-    assert {bridge.PATIENT_EVENTS_TOPIC, bridge.PATIENT_EVENTS_DLQ_TOPIC} == {
+    assert {live.PATIENT_EVENTS_TOPIC, live.PATIENT_EVENTS_DLQ_TOPIC} == {
         settings.input_topic,
         settings.dead_letter_topic,
     }
-    assert settings.escalations_topic == bridge.ESCALATIONS_TOPIC
+    assert settings.escalations_topic == live.ESCALATIONS_TOPIC
     assert not BRIDGE_TOPICS & TOPICS
 
 
@@ -337,14 +337,14 @@ def adapter_reasons() -> set[str]:
     """Every dead-letter reason the bridges can give, read from the code: the FHIR and HL7
     adapters' (``AdapterError("reason", ...)``, a refused status), the codec's, the bridge's."""
     from streams.formats.avro import Reason
-    from streams.interfaces import bridge, fhir, hl7
+    from streams.interfaces import convert, fhir, hl7, live
 
     found: set[str] = set()
-    for module in (fhir, hl7, bridge):
+    for module in (fhir, hl7, convert, live):
         text = Path(str(module.__file__)).read_text(encoding="utf-8")
         found |= set(re.findall(r'AdapterError\(\s*"([a-z0-9-]+)"', text))
     found |= {f"fhir-status-{status}" for status in fhir._STATUS_DETAIL}
-    found |= {hl7.MALFORMED, bridge.PROCESSING_ERROR, *typing.get_args(Reason)}
+    found |= {hl7.MALFORMED, live.PROCESSING_ERROR, *typing.get_args(Reason)}
     found.discard("hl7-config")  # a bad --timezone: a usage error, not a dead letter
     return found
 

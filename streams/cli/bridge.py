@@ -1,0 +1,313 @@
+"""Hospital interfaces: FHIR and HL7 v2 in as patient events, FHIR out; files, or live on Kafka.
+
+Offline: fhir-import, hl7-import (to a PatientEvent log), fhir-export (escalations to FHIR
+Bundles), questionnaire. Live, until SIGTERM or Ctrl-C: fhir-in, hl7-in, fhir-out. The -in
+actions need the pseudonym secret (STEPCARE_PSEUDONYM_SECRET_FILE or STEPCARE_PSEUDONYM_SECRET).
+Refused input is reported and skipped (exit 0), or stops a --strict run (exit 2); a live bridge
+exits 1 if a record could not be delivered. See docs/integration.md, "Hospital interfaces".
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from streams.errors import UsageError
+from streams.interfaces import convert, live
+from streams.interfaces.errors import AdapterError, Ignored
+from streams.interfaces.live import (
+    ESCALATIONS_TOPIC,
+    FHIR_BUNDLES_DLQ_TOPIC,
+    FHIR_BUNDLES_TOPIC,
+    FHIR_RESPONSES_TOPIC,
+    HL7_ADT_TOPIC,
+    PATIENT_EVENTS_DLQ_TOPIC,
+    PATIENT_EVENTS_TOPIC,
+    REPORT_EVERY,
+    Output,
+)
+from streams.kafka.settings import Settings
+
+if TYPE_CHECKING:
+    from datetime import tzinfo
+
+    from streams.interfaces.pseudonym import Pseudonymizer
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    fhir_in = actions.add_parser(
+        "fhir-import",
+        help="FHIR QuestionnaireResponses (dir, NDJSON, JSON or Bundle) -> PatientEvent JSONL",
+    )
+    fhir_in.add_argument("--input", required=True, help="directory, .ndjson or .json file")
+    fhir_in.add_argument("--output", required=True, help="PatientEvent log (JSONL), or -")
+    fhir_in.add_argument(
+        "--fhir-base",
+        default="",
+        help="base URL of the FHIR server the resources came from: relative subject "
+        "references (Patient/123) are read as BASE/Patient/123",
+    )
+    fhir_in.add_argument("--source", default="fhir", help="the events' source (default fhir)")
+    _common(fhir_in)
+    fhir_in.set_defaults(action_handler=_fhir_import)
+
+    hl7_in = actions.add_parser("hl7-import", help="HL7 v2 ADT messages -> PatientEvent JSONL")
+    hl7_in.add_argument("--input", required=True, help="a file of messages, or a directory")
+    hl7_in.add_argument("--output", required=True, help="PatientEvent log (JSONL), or -")
+    hl7_in.add_argument(
+        "--timezone",
+        default="UTC",
+        help="IANA zone of HL7 times without an offset (default UTC), e.g. America/New_York",
+    )
+    hl7_in.add_argument(
+        "--inpatient-classes",
+        default="I",
+        help="PV1-2 patient classes whose A03 is a hospital discharge (comma-separated; default I)",
+    )
+    hl7_in.add_argument(
+        "--identifier-type",
+        help="use the first PID-3 identifier of this type (CX-5, e.g. MR) instead of the first",
+    )
+    hl7_in.add_argument("--source", default="adt", help="the events' source (default adt)")
+    _common(hl7_in)
+    hl7_in.set_defaults(action_handler=_hl7_import)
+
+    fhir_out = actions.add_parser(
+        "fhir-export", help="escalations (JSONL) -> FHIR transaction Bundles (NDJSON)"
+    )
+    fhir_out.add_argument("--input", required=True, help="escalation log (JSONL), or -")
+    fhir_out.add_argument("--output", required=True, help="Bundles, one per line, or -")
+    _common(fhir_out)
+    fhir_out.set_defaults(action_handler=_fhir_export)
+
+    questionnaire = actions.add_parser(
+        "questionnaire", help="write the FACT-L Questionnaire (item codes only) as FHIR JSON"
+    )
+    questionnaire.add_argument("--output", default="-", help="file to write, or -")
+    questionnaire.set_defaults(action_handler=_questionnaire)
+
+    live_in = actions.add_parser(
+        "fhir-in",
+        help="live: FHIR QuestionnaireResponses from Kafka -> PatientEvents (until Ctrl-C)",
+    )
+    _live(live_in, "fhir-in", FHIR_RESPONSES_TOPIC, "STEPCARE_INPUT_TOPIC",
+          "STEPCARE_DEAD_LETTER_TOPIC")  # fmt: skip
+    live_in.add_argument(
+        "--fhir-base", default="", help="base URL of the FHIR server (as for fhir-import)"
+    )
+    live_in.add_argument("--source", default="fhir", help="the events' source (default fhir)")
+
+    live_hl7 = actions.add_parser(
+        "hl7-in", help="live: HL7 v2 ADT messages from Kafka -> PatientEvents (until Ctrl-C)"
+    )
+    _live(live_hl7, "hl7-in", HL7_ADT_TOPIC, "STEPCARE_INPUT_TOPIC", "STEPCARE_DEAD_LETTER_TOPIC")
+    live_hl7.add_argument(
+        "--timezone", default="UTC", help="IANA zone of HL7 times without an offset (default UTC)"
+    )
+    live_hl7.add_argument(
+        "--inpatient-classes",
+        default="I",
+        help="PV1-2 patient classes whose A03 is a hospital discharge (comma-separated; default I)",
+    )
+    live_hl7.add_argument(
+        "--identifier-type", help="use the first PID-3 identifier of this type (CX-5, e.g. MR)"
+    )
+    live_hl7.add_argument("--source", default="adt", help="the events' source (default adt)")
+
+    live_out = actions.add_parser(
+        "fhir-out", help="live: escalations from Kafka -> FHIR transaction Bundles (until Ctrl-C)"
+    )
+    _live(live_out, "fhir-out", "STEPCARE_ESCALATIONS_TOPIC", FHIR_BUNDLES_TOPIC,
+          FHIR_BUNDLES_DLQ_TOPIC)  # fmt: skip
+
+
+def _live(
+    parser: argparse.ArgumentParser, name: str, source: str, target: str, dead_letters: str
+) -> None:
+    """The options every live bridge has; a default named STEPCARE_* is that setting's value."""
+
+    def default(topic: str) -> str:
+        if topic in _SETTING_TOPICS:
+            return f"default: {topic}, or {_SETTING_TOPICS[topic]}"
+        return f"default: {topic}"
+
+    parser.add_argument("--from-topic", help=f"topic to read ({default(source)})")
+    parser.add_argument("--to-topic", help=f"topic to write ({default(target)})")
+    parser.add_argument(
+        "--dead-letter-topic", help=f"topic of refused input ({default(dead_letters)})"
+    )
+    parser.add_argument("--group", default=f"stepcare-bridge-{name}", help="consumer group id")
+    parser.add_argument(
+        "--bootstrap-servers", help="Kafka bootstrap servers (default: STEPCARE_BOOTSTRAP_SERVERS)"
+    )
+    parser.add_argument(
+        "--max-messages", type=int, help="stop after this many records (tests, backfills)"
+    )
+    parser.add_argument(
+        "--idle-timeout", type=float, help="stop after this many seconds without a record"
+    )
+    parser.add_argument(
+        "--report-every",
+        type=float,
+        default=REPORT_EVERY,
+        help=f"seconds between summary lines on stderr (default {REPORT_EVERY:g})",
+    )
+    parser.set_defaults(action_handler=None, live=(name, source, target, dead_letters))
+
+
+_SETTING_TOPICS = {
+    "STEPCARE_INPUT_TOPIC": PATIENT_EVENTS_TOPIC,
+    "STEPCARE_DEAD_LETTER_TOPIC": PATIENT_EVENTS_DLQ_TOPIC,
+    "STEPCARE_ESCALATIONS_TOPIC": ESCALATIONS_TOPIC,
+}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rejects", help="also write rejects here as JSONL")
+    parser.add_argument("--strict", action="store_true", help="exit 2 on the first reject")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "live", None):
+        return _run_live(args, settings)
+    return int(args.action_handler(args))
+
+
+# -- the offline converters ----------------------------------------------------------------------
+
+
+def _fhir_import(args: argparse.Namespace) -> int:
+    convert.fhir_import(
+        _files(args),
+        _pseudonymizer(),
+        fhir_base=args.fhir_base,
+        source=args.source,
+        strict=args.strict,
+    )
+    return 0
+
+
+def _hl7_import(args: argparse.Namespace) -> int:
+    pseudonymizer = _pseudonymizer()
+    zone, classes = _hl7_options(args)
+    convert.hl7_import(
+        _files(args),
+        pseudonymizer,
+        timezone=zone,
+        inpatient_classes=classes,
+        identifier_type=args.identifier_type,
+        source=args.source,
+        strict=args.strict,
+    )
+    return 0
+
+
+def _fhir_export(args: argparse.Namespace) -> int:
+    convert.fhir_export(_files(args), strict=args.strict)
+    return 0
+
+
+def _questionnaire(args: argparse.Namespace) -> int:
+    convert.questionnaire(args.output)
+    return 0
+
+
+def _files(args: argparse.Namespace) -> convert.Files:
+    return convert.Files(args.input, args.output, args.rejects)
+
+
+def _pseudonymizer() -> Pseudonymizer:
+    from streams.interfaces.pseudonym import PseudonymError, Pseudonymizer
+
+    try:
+        return Pseudonymizer.from_env()
+    except PseudonymError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _hl7_options(args: argparse.Namespace) -> tuple[tzinfo, tuple[str, ...]]:
+    """The zone of ``--timezone`` (a usage error if unknown) and the ``--inpatient-classes``."""
+    from streams.interfaces import hl7
+
+    classes = tuple(c.strip() for c in args.inpatient_classes.split(",") if c.strip())
+    try:
+        zone = hl7.zone(args.timezone)
+    except AdapterError as exc:
+        raise UsageError(f"--timezone: {exc.detail}") from None
+    return zone, classes
+
+
+# -- the live bridges ----------------------------------------------------------------------------
+
+
+def _run_live(args: argparse.Namespace, settings: Settings) -> int:
+    """``stepcare bridge fhir-in|hl7-in|fhir-out``: 0 after a clean stop (SIGTERM, Ctrl-C,
+    ``--max-messages``, ``--idle-timeout``), 1 if a record could not be delivered, 2 for a
+    usage error (no pseudonym secret, no broker, a bad option)."""
+    name, source, target, dead_letters = args.live
+
+    def topic(option: str | None, default: str) -> str:
+        if option:
+            return option
+        return getattr(settings, default.removeprefix("STEPCARE_").lower(), default)
+
+    source, target = topic(args.from_topic, source), topic(args.to_topic, target)
+    dead_letters = topic(args.dead_letter_topic, dead_letters)
+    # Reading its own output, a bridge would loop forever (a dead letter refused again).
+    if len({source, target, dead_letters}) < 3:
+        raise UsageError(
+            f"bridge {name}: the topics to read ({source}), to write ({target}) and of dead "
+            f"letters ({dead_letters}) must differ"
+        )
+    if args.max_messages is not None and args.max_messages < 1:
+        raise UsageError("--max-messages must be at least 1")
+    if args.idle_timeout is not None and not args.idle_timeout > 0:
+        raise UsageError("--idle-timeout must be more than 0 seconds")
+    if not args.report_every > 0:
+        raise UsageError("--report-every must be more than 0 seconds")
+
+    fingerprint = None
+    if name == "fhir-out":
+        converter: live.Converter = live.fhir_out_record
+    else:
+        from streams.interfaces.pseudonym import fingerprint as secret_fingerprint
+
+        pseudonymizer = _pseudonymizer()  # exit 2 at once without the secret
+        fingerprint = secret_fingerprint(pseudonymizer)
+        if name == "fhir-in":
+            converter = _values_only(
+                partial(
+                    live.fhir_in_record,
+                    pseudonymizer=pseudonymizer,
+                    fhir_base=args.fhir_base,
+                    source=args.source,
+                )
+            )
+        else:
+            zone, classes = _hl7_options(args)
+            converter = _values_only(
+                partial(
+                    live.hl7_in_record,
+                    pseudonymizer=pseudonymizer,
+                    timezone=zone,
+                    inpatient_classes=classes,
+                    identifier_type=args.identifier_type,
+                    source=args.source,
+                )
+            )
+    return live.run_live(
+        name, converter, settings, source=source, target=target, dead_letters=dead_letters,
+        group=args.group, bootstrap_servers=args.bootstrap_servers,
+        max_messages=args.max_messages, idle_timeout=args.idle_timeout,
+        report_every=args.report_every, fingerprint=fingerprint,
+    )  # fmt: skip
+
+
+def _values_only(convert_value: Callable[[bytes | None], Output | Ignored]) -> live.Converter:
+    """An -in converter called as (value, headers): the headers are not read."""
+    return lambda value, headers: convert_value(value)

@@ -1,0 +1,395 @@
+"""The live bridges: Kafka in, Kafka out, until SIGTERM or Ctrl-C (``stepcare bridge fhir-in``,
+``hl7-in``, ``fhir-out``).
+
+:class:`LiveBridge` consumes, converts a record with :func:`fhir_in_record`,
+:func:`hl7_in_record` or :func:`fhir_out_record`, produces, waits for the acknowledgements and
+only then commits (at least once); refused input goes to a dead-letter topic. :func:`run_live`
+sets one up on a broker. What they do, their topics and why: docs/integration.md, "Hospital
+interfaces".
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import tzinfo
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+from streams.errors import StepcareError
+from streams.interfaces.errors import AdapterError, Ignored, breakdown
+from streams.kafka.client import (
+    SAFE_PRODUCER,
+    connection_config,
+    error_text,
+    librdkafka_logger,
+    produce,
+)
+from streams.kafka.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, error_headers
+from streams.kafka.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.interfaces.pseudonym import Pseudonymizer
+
+# The live bridges' topics. Those the worker shares (its input, its dead letters, its
+# escalations) default to the worker's settings, whose defaults are the names of DESIGN §2.
+FHIR_RESPONSES_TOPIC = "stepcare.fhir.questionnaire-responses.v1"
+HL7_ADT_TOPIC = "stepcare.hl7v2.adt.v1"
+PATIENT_EVENTS_TOPIC = "stepcare.patient-events.v1"
+PATIENT_EVENTS_DLQ_TOPIC = "stepcare.patient-events.dlq.v1"
+ESCALATIONS_TOPIC = "stepcare.escalations.v1"
+FHIR_BUNDLES_TOPIC = "stepcare.escalations.fhir.v1"
+FHIR_BUNDLES_DLQ_TOPIC = "stepcare.escalations.fhir.dlq.v1"
+FHIR_JSON = "application/fhir+json"
+REPORT_EVERY = 60.0  # seconds between summary lines of a live bridge
+BATCH = 500  # records a live bridge produces before it waits for the acks and commits
+PROCESSING_ERROR = "processing-error"  # a defect of an adapter, not of the input
+
+Headers = list[tuple[str, bytes]]
+# What a bridge does with one record: (value, headers) -> its Output, or Ignored; AdapterError
+# refuses the record (a dead letter).
+Converter = Callable[[bytes | None, Headers], "Output | Ignored"]
+
+
+class BridgeError(StepcareError):
+    """The bridge cannot go on (a record not delivered, a fatal Kafka error): exit status 1.
+    Nothing of the batch in hand was committed: a restart reads it again."""
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record a bridge writes for one record it read."""
+
+    key: bytes
+    value: bytes
+    timestamp: int  # ms: the record timestamp
+    headers: Headers
+
+
+def fhir_in_record(
+    value: bytes | None, pseudonymizer: Pseudonymizer, *, fhir_base: str = "", source: str = "fhir"
+) -> Output:
+    """The PatientEvent record of one QuestionnaireResponse record (``AdapterError`` if none)."""
+    from streams.interfaces import fhir
+
+    if not value:
+        raise AdapterError("not-json", "the record has no value")
+    try:
+        resource = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise AdapterError("not-json", f"{exc.msg} (column {exc.colno})") from None
+    if not isinstance(resource, dict):
+        raise AdapterError("fhir-invalid", "not a JSON object")
+    event = fhir.questionnaire_response_to_event(
+        resource, pseudonymizer, fhir_base=fhir_base, source=source
+    )
+    return _event_output(event)
+
+
+def hl7_in_record(
+    value: bytes | None,
+    pseudonymizer: Pseudonymizer,
+    *,
+    timezone: str | tzinfo = "UTC",
+    inpatient_classes: tuple[str, ...] = ("I",),
+    identifier_type: str | None = None,
+    source: str = "adt",
+) -> Output | Ignored:
+    """The PatientEvent record of one ADT message record, or :class:`Ignored`."""
+    from streams.interfaces import hl7
+
+    if not value:
+        raise AdapterError(hl7.MALFORMED, "the record has no value")
+    result = hl7.adt_to_event(
+        value,
+        pseudonymizer,
+        timezone=timezone,
+        inpatient_classes=inpatient_classes,
+        identifier_type=identifier_type,
+        source=source,
+    )
+    if isinstance(result, Ignored):
+        return result
+    return _event_output(result)
+
+
+def _event_output(event: dict[str, Any]) -> Output:
+    """A PatientEvent as its record: keyed by ``patient_id``, Avro SOE, stamped ``occurred_at``."""
+    from streams.clinical.events import parse_time
+    from streams.formats.avro import encode_event
+
+    return Output(
+        key=event["patient_id"].encode(),
+        value=encode_event(event),
+        timestamp=parse_time(event["occurred_at"]),
+        headers=[],
+    )
+
+
+def fhir_out_record(value: bytes | None, headers: Headers | None = None) -> Output:
+    """The transaction Bundle record of one escalation record: JSON, keyed by ``patient_id``,
+    with the escalation's headers (``content-type`` becomes ``application/fhir+json``)."""
+    from streams.clinical.events import parse_time
+    from streams.formats.avro import CodecError, decode_escalation
+    from streams.interfaces import fhir
+
+    try:
+        escalation = decode_escalation(value)  # type: ignore[arg-type]
+    except CodecError as exc:
+        raise AdapterError(exc.reason, str(exc)) from None
+    bundle = fhir.escalation_to_bundle(escalation)
+    kept = [(k, v) for k, v in headers or [] if k != "content-type"]
+    return Output(
+        key=escalation["patient_id"].encode(),
+        value=orjson.dumps(bundle),
+        timestamp=parse_time(escalation["occurred_at"]),
+        headers=[*kept, ("content-type", FHIR_JSON.encode())],
+    )
+
+
+class LiveBridge:
+    """Consume, convert, produce, wait for the acks, commit (docs/integration.md, "Running the
+    bridges")."""
+
+    def __init__(
+        self,
+        name: str,
+        convert: Converter,
+        *,
+        source: str,
+        target: str,
+        dead_letters: str,
+        consumer_config: dict[str, Any],
+        producer_config: dict[str, Any],
+        max_messages: int | None = None,
+        idle_timeout: float | None = None,
+        report_every: float = REPORT_EVERY,
+        err: IO[str] | None = None,
+    ) -> None:
+        self.name, self.convert = name, convert
+        self.source, self.target, self.dead_letters = source, target, dead_letters
+        self.consumer_config, self.producer_config = consumer_config, producer_config
+        # librdkafka refuses a record above message.max.bytes: a dead letter always fits under it.
+        self.dead_letter_limit = (
+            int(producer_config.get("message.max.bytes", 1_000_000)) - DEAD_LETTER_MARGIN
+        )
+        self.max_messages, self.idle_timeout = max_messages, idle_timeout
+        self.report_every = report_every
+        self.err = sys.stderr if err is None else err
+        self.stopping = False
+        self.read = self.written = 0
+        self.reasons: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.started = time.monotonic()
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        from confluent_kafka import Consumer, KafkaException, Producer
+
+        try:
+            consumer = Consumer(self.consumer_config)
+            producer = Producer(self.producer_config)
+        except KafkaException as exc:
+            raise BridgeError(f"cannot create a Kafka client: {error_text(exc)}") from None
+        consumer.subscribe([self.source])
+        last_record = next_report = time.monotonic()
+        next_report += self.report_every
+        try:
+            while not self.stopping:
+                if self.max_messages is not None and self.read >= self.max_messages:
+                    break
+                batch = self._next_batch(consumer)
+                now = time.monotonic()
+                if batch:
+                    last_record = now
+                    self._handle(batch, producer, consumer)
+                elif self.idle_timeout is not None and now - last_record >= self.idle_timeout:
+                    break
+                if now >= next_report:
+                    self._say(self.summary())
+                    next_report = now + self.report_every
+        finally:
+            producer.flush(30)
+            consumer.close()  # leaves the group at once: its partitions move without a wait
+            self._say(self.summary())
+        return 0
+
+    def _next_batch(self, consumer: Any) -> list[Any]:
+        from confluent_kafka import KafkaError
+
+        first = consumer.poll(0.5)
+        if first is None:
+            return []
+        room = BATCH if self.max_messages is None else min(BATCH, self.max_messages - self.read)
+        records = [first]
+        if room > 1:  # what has already been fetched, without waiting for more
+            records += consumer.consume(num_messages=room - 1, timeout=0)
+        batch = []
+        for record in records:
+            error = record.error()
+            if error is None:
+                batch.append(record)
+            elif error.fatal():
+                raise BridgeError(f"Kafka: {error.str()}")
+            elif error.code() != KafkaError._PARTITION_EOF:
+                self._say(f"bridge {self.name}: Kafka: {error.str()}")
+        return batch
+
+    def _handle(self, batch: list[Any], producer: Any, consumer: Any) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        failed: list[str] = []
+
+        def delivered(counter: str, error: Any, msg: Any) -> None:
+            if error is not None:
+                failed.append(error.str())
+            elif counter == "written":
+                self.written += 1
+
+        positions: dict[tuple[str, int], int] = {}
+        for record in batch:
+            self.read += 1
+            positions[(record.topic(), record.partition())] = record.offset() + 1
+            headers = record.headers() or []
+            try:
+                result = self.convert(record.value(), headers)
+            except AdapterError as exc:
+                result = exc
+            except Exception as exc:  # a defect on untrusted input: set the record aside
+                result = AdapterError(PROCESSING_ERROR, f"{type(exc).__name__} in the adapter")
+            if isinstance(result, Ignored):
+                self.ignored[f"{result.reason} {result.detail}"] += 1
+            elif isinstance(result, AdapterError):
+                self.reasons[result.reason] += 1
+                self._say(
+                    f"bridge {self.name}: dead letter: {result.reason} "
+                    f"(partition {record.partition()} offset {record.offset()})"
+                )
+                own = error_headers(result.reason, result.detail, record.topic(),
+                                    record.partition(), record.offset())  # fmt: skip
+                key, value, dead_headers = dead_letter_record(
+                    record.key(), record.value(), list(headers), own, self.dead_letter_limit
+                )
+                produce(
+                    producer, self.dead_letters, key=key, value=value, headers=dead_headers,
+                    on_delivery=lambda e, m: delivered("dead", e, m),
+                )  # fmt: skip
+            else:
+                produce(
+                    producer, self.target, key=result.key, value=result.value,
+                    timestamp=result.timestamp, headers=result.headers or None,
+                    on_delivery=lambda e, m: delivered("written", e, m),
+                )  # fmt: skip
+        while producer.flush(5.0):  # every record acknowledged (or failed) before the commit
+            if self.stopping and producer.flush(25.0):
+                break
+        if failed or len(producer):
+            self.failures.update(failed or ["not acknowledged in time"])
+            reasons = "; ".join(f"{n} x {r}" for r, n in self.failures.most_common())
+            raise BridgeError(
+                f"bridge {self.name}: records not delivered ({reasons}); nothing of this batch "
+                "was committed: it is read again when the bridge restarts"
+            )
+        offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # e.g. the partitions moved: read again, at least once
+            self._say(f"bridge {self.name}: commit failed ({error_text(exc)}); "
+                      "these records will be read again")  # fmt: skip
+
+    def summary(self) -> str:
+        parts = [f"{self.read} read", f"{self.written} written to {self.target}"]
+        parts.append(f"{sum(self.reasons.values())} dead-lettered" + breakdown(self.reasons))
+        parts.append(f"{sum(self.ignored.values())} ignored" + breakdown(self.ignored))
+        seconds = time.monotonic() - self.started
+        return f"bridge {self.name}: {', '.join(parts)} in {seconds:.1f} s"
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.err, flush=True)
+
+
+def run_live(
+    name: str,
+    convert: Converter,
+    settings: Settings,
+    *,
+    source: str,
+    target: str,
+    dead_letters: str,
+    group: str,
+    bootstrap_servers: str | None = None,
+    max_messages: int | None = None,
+    idle_timeout: float | None = None,
+    report_every: float = REPORT_EVERY,
+    fingerprint: str | None = None,
+) -> int:
+    """Run the bridge ``name`` on the broker of ``settings`` (or ``bootstrap_servers``), creating
+    its missing topics: 0 after a clean stop (SIGTERM, Ctrl-C, ``max_messages``,
+    ``idle_timeout``), 1 if a record could not be delivered. ``fingerprint``: the pseudonym
+    secret's, for the start line of an ``-in`` bridge."""
+    import signal
+
+    connection = connection_config(settings, bootstrap_servers)
+    producer = {**connection, **SAFE_PRODUCER, "client.id": f"stepcare-bridge-{name}"}
+    created = _ensure_topics(connection, (source, target, dead_letters), settings)
+    if created:
+        _err(f"created topics {', '.join(created)} ({settings.partitions} partitions)")
+    consumer = {
+        **connection,
+        "group.id": group,
+        "client.id": f"stepcare-bridge-{name}",
+        "enable.auto.commit": False,  # offsets are committed after the produce is acknowledged
+        "auto.offset.reset": "earliest",  # a new group misses nothing already on the topic
+        "isolation.level": "read_committed",
+        "logger": librdkafka_logger("bridge", settings.log_level),
+    }
+    producer["logger"] = consumer["logger"]
+    bridge = LiveBridge(
+        name, convert, source=source, target=target, dead_letters=dead_letters,
+        consumer_config=consumer, producer_config=producer, max_messages=max_messages,
+        idle_timeout=idle_timeout, report_every=report_every,
+    )  # fmt: skip
+    identity = "" if fingerprint is None else f", pseudonym secret {fingerprint}"
+    _err(
+        f"bridge {name}: {source} -> {target} (dead letters: {dead_letters}), "
+        f"group {group}{identity}"
+    )
+    previous = {sig: signal.signal(sig, bridge.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return bridge.run()
+    except BridgeError as exc:
+        _err(f"stepcare: {exc}")
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _ensure_topics(config: dict[str, Any], names: tuple[str, ...], settings: Settings) -> list[str]:
+    """Create the missing topics of a bridge (source, target, dead letters) as the worker creates
+    its own (STEPCARE_PARTITIONS, STEPCARE_REPLICATION); the names created."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    from streams.kafka.topics import TopicError, check_access, create_topics
+
+    check_access(config, 30.0)  # a refused login: one line at once
+    admin = AdminClient(config)
+    try:
+        existing = admin.list_topics(timeout=30).topics
+    except KafkaException as exc:
+        raise TopicError(f"cannot reach Kafka: {error_text(exc)}") from None
+    missing = sorted({n for n in names if n not in existing})
+    create_topics(admin, settings, missing, keep=names[:2])  # dead letters: default retention
+    return missing
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
