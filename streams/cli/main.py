@@ -35,7 +35,10 @@ from streams.clinical.events import (
 )
 from streams.clinical.policy import resolve_policy
 from streams.clinical.scoring import ScoringError, score_fact_l
-from streams.devtools import broker
+from streams.devtools.cluster import Cluster
+from streams.devtools.config import default_nodes
+from streams.devtools.jars import fetch_jars
+from streams.devtools.security import acls_from_options, security_from_options
 from streams.errors import StepcareError, UsageError
 from streams.formats.files import (
     Document,
@@ -540,25 +543,23 @@ def _settings(args: argparse.Namespace, settings: Settings) -> int:
 def _broker_fetch(args: argparse.Namespace, settings: Settings) -> int:
     versions = KAFKA_VERSIONS if args.all else (args.version or settings.kafka_version,)
     for version in versions:
-        libs = broker.fetch_jars(version, settings.cache_dir, report=_err)
+        libs = fetch_jars(version, settings.cache_dir, report=_err)
         _err(f"Kafka {version} jars: {libs}")
     return 0
 
 
 def _broker_start(args: argparse.Namespace, settings: Settings) -> int:
-    security = broker.security_from_options(
-        args.security, args.tls_dir, args.users, args.super_user
-    )
-    cluster = broker.Cluster(
+    security = security_from_options(args.security, args.tls_dir, args.users, args.super_user)
+    cluster = Cluster(
         args.run_dir or settings.broker_run_dir,
         args.version or settings.kafka_version,
-        broker.default_nodes(args.nodes, args.port or settings.broker_port),
+        default_nodes(args.nodes, args.port or settings.broker_port),
         cache_dir=settings.cache_dir,
         heap_mb=settings.broker_heap_mb,
         report=_err,
         security=security,
     )
-    bootstrap = cluster.start(acls=broker.acls_from_options(settings, args.acl, security))
+    bootstrap = cluster.start(acls=acls_from_options(settings, args.acl, security))
     print(bootstrap)
     if not args.foreground:
         _err(f"stop it with: stepcare broker stop --run-dir {cluster.run_dir}")
@@ -579,7 +580,7 @@ def _broker_start(args: argparse.Namespace, settings: Settings) -> int:
 
 def _broker_stop(args: argparse.Namespace, settings: Settings) -> int:
     run_dir = args.run_dir or settings.broker_run_dir
-    cluster = broker.Cluster.load(run_dir, report=_err)
+    cluster = Cluster.load(run_dir, report=_err)
     if cluster is None or not cluster.running_pids():
         _err(f"no broker running from {run_dir}")
         return 0
@@ -590,7 +591,7 @@ def _broker_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 def _broker_status(args: argparse.Namespace, settings: Settings) -> int:
     run_dir = args.run_dir or settings.broker_run_dir
-    cluster = broker.Cluster.load(run_dir, report=_err)
+    cluster = Cluster.load(run_dir, report=_err)
     if cluster is None or not cluster.running_pids():
         print(f"not running ({run_dir})")
         return 1
