@@ -218,11 +218,9 @@ def _tell_event(
     if kind is EventType.ENROLLED:
         if outcome is Outcome.IGNORED:
             return row(f"ignored: already enrolled (care step {before.care_step})")
-        story.enrolled_at = t
         text = f"care step {after.care_step}"
         if after.baseline is not None and after.baseline_key in surveys:
             source, at = surveys[after.baseline_key]
-            story.baseline = (after.baseline, source, at)
             story.baselines.append((t, after.baseline))
             text += (
                 f"; baseline {number(after.baseline)} set from the FACT-L survey of {when(at)} "
@@ -285,7 +283,6 @@ def _tell_survey(
         return "ignored: dated before enrollment, and the baseline was already set"
     _add_survey(story, event, "used")
     if before.baseline is None:
-        story.baseline = (total, event.event_id, event.occurred_at)
         story.baselines.append((event.occurred_at, total))
         return (
             f"becomes the baseline ({number(total)}): the first valid FACT-L after enrollment "
@@ -311,8 +308,7 @@ def _tell_survey(
 
 def _add_survey(story: Story, event: PatientEvent, status: str) -> None:
     assert event.survey is not None
-    story.surveys.append(SurveyPoint(event.occurred_at, event.event_id, event.survey.scores,
-                                     status))  # fmt: skip
+    story.surveys.append(SurveyPoint(event.occurred_at, event.survey.scores, status))
 
 
 # -- the HTML page --------------------------------------------------------------------------------

@@ -33,7 +33,6 @@ class Row:
 @dataclass(frozen=True, slots=True)
 class SurveyPoint:
     at: int
-    event_id: str
     scores: FactLScore
     status: str  # used, held, incomplete, ignored
 
@@ -47,8 +46,6 @@ class Story:
     markers: list[tuple[int, EventType]] = field(default_factory=list)  # clinical events
     suppressed: list[tuple[int, Kind]] = field(default_factory=list)
     baselines: list[tuple[int, float]] = field(default_factory=list)  # (from, comparison value)
-    baseline: tuple[float, str, int] | None = None  # value, source event id, source time
-    enrolled_at: int | None = None
     ended: tuple[int, EventType, int] | None = None  # when, how, last care step
     state: PatientState = NEW_PATIENT
     clock: int | None = None
