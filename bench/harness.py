@@ -26,7 +26,8 @@ import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.devtools.broker import Cluster, free_nodes
+from streams.devtools.cluster import Cluster
+from streams.devtools.config import free_nodes
 from streams.formats.avro import encode_event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ def free_port() -> int:
 
 
 class Broker:
-    """A single-node KRaft broker of the project's own (``streams.devtools.broker``), on free
+    """A single-node KRaft broker of the project's own (``streams.devtools.cluster``), on free
     ports."""
 
     def __init__(self, run_dir: Path, version: str, heap_mb: int = 512) -> None:

@@ -237,7 +237,7 @@ def _loadavg() -> str:
 
 
 def _java_left(run_dir: Path) -> list[int]:
-    from streams.devtools.broker import broker_pids
+    from streams.devtools.cluster import broker_pids
 
     with contextlib.suppress(Exception):
         return broker_pids(run_dir / "kafka")

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from streams.devtools.broker import Cluster, free_nodes
+from streams.devtools.cluster import Cluster
+from streams.devtools.config import free_nodes
 from streams.kafka.settings import KAFKA_VERSIONS, Settings
 
 EXTERNAL = os.environ.get("STEPCARE_TEST_BOOTSTRAP")

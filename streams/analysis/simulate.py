@@ -89,7 +89,6 @@ TRIGGERED_DELAY_SIGMA = 0.45  # lognormal: ~6% after the 28-day window
 MONTHLY_DELAY_MEDIAN_DAYS = 27.0  # MONTHLY_VISIT_DUE: booked about 4 weeks after the last
 MONTHLY_DELAY_SIGMA = 0.08  # lognormal: ~33% a few days after the 28-day window
 
-PURPOSES = ("enrollment", "trajectory", "surveys", "items", "treatment", "hospital", "end")
 ENDS = frozenset({"DECEASED", "DISENROLLED"})
 _ITEMS = [item for items in SUBSCALES.values() for item in items] + sorted(UNSCORED)
 _SCORED = sum(len(items) for items in SUBSCALES.values())  # 34

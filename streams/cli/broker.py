@@ -1,4 +1,4 @@
-"""``stepcare broker``: a local Apache Kafka broker (``streams.devtools.broker``): fetch, start,
+"""``stepcare broker``: a local Apache Kafka broker (``streams.devtools``): fetch, start,
 stop, status."""
 
 from __future__ import annotations
@@ -9,7 +9,10 @@ import time
 from pathlib import Path
 
 from streams.cli.progress import report
-from streams.devtools import broker
+from streams.devtools.cluster import Cluster
+from streams.devtools.config import default_nodes
+from streams.devtools.jars import fetch_jars
+from streams.devtools.security import acls_from_options, security_from_options
 from streams.kafka.settings import KAFKA_VERSIONS, Settings
 
 
@@ -68,25 +71,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _fetch(args: argparse.Namespace, settings: Settings) -> int:
     versions = KAFKA_VERSIONS if args.all else (args.version or settings.kafka_version,)
     for version in versions:
-        libs = broker.fetch_jars(version, settings.cache_dir, report=report)
+        libs = fetch_jars(version, settings.cache_dir, report=report)
         report(f"Kafka {version} jars: {libs}")
     return 0
 
 
 def _start(args: argparse.Namespace, settings: Settings) -> int:
-    security = broker.security_from_options(
-        args.security, args.tls_dir, args.users, args.super_user
-    )
-    cluster = broker.Cluster(
+    security = security_from_options(args.security, args.tls_dir, args.users, args.super_user)
+    cluster = Cluster(
         args.run_dir or settings.broker_run_dir,
         args.version or settings.kafka_version,
-        broker.default_nodes(args.nodes, args.port or settings.broker_port),
+        default_nodes(args.nodes, args.port or settings.broker_port),
         cache_dir=settings.cache_dir,
         heap_mb=settings.broker_heap_mb,
         report=report,
         security=security,
     )
-    bootstrap = cluster.start(acls=broker.acls_from_options(settings, args.acl, security))
+    bootstrap = cluster.start(acls=acls_from_options(settings, args.acl, security))
     print(bootstrap)
     if not args.foreground:
         report(f"stop it with: stepcare broker stop --run-dir {cluster.run_dir}")
@@ -107,7 +108,7 @@ def _start(args: argparse.Namespace, settings: Settings) -> int:
 
 def _stop(args: argparse.Namespace, settings: Settings) -> int:
     run_dir = args.run_dir or settings.broker_run_dir
-    cluster = broker.Cluster.load(run_dir, report=report)
+    cluster = Cluster.load(run_dir, report=report)
     if cluster is None or not cluster.running_pids():
         report(f"no broker running from {run_dir}")
         return 0
@@ -118,7 +119,7 @@ def _stop(args: argparse.Namespace, settings: Settings) -> int:
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     run_dir = args.run_dir or settings.broker_run_dir
-    cluster = broker.Cluster.load(run_dir, report=report)
+    cluster = Cluster.load(run_dir, report=report)
     if cluster is None or not cluster.running_pids():
         print(f"not running ({run_dir})")
         return 1

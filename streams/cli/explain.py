@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from streams.analysis.explain import explain, read_events, render_html, render_png
+from streams.analysis.charts import render_png
+from streams.analysis.explain import explain, read_events, render_html
 from streams.clinical.events import EventError, parse_time
 from streams.clinical.policy import resolve_policy
 from streams.errors import UsageError

@@ -20,7 +20,8 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streams.devtools import broker
+from streams.devtools.cluster import Cluster
+from streams.devtools.config import default_nodes
 from streams.devtools.demo import demo_cohort
 from streams.errors import StepcareError
 from streams.formats.avro import CodecError, decode_escalation
@@ -39,7 +40,7 @@ def run_demo(settings: Settings, patients: int, seed: int, tick_interval: int = 
     RUN_DIR.mkdir(exist_ok=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
-    cluster = broker.Cluster.load(settings.broker_run_dir, report=_say)
+    cluster = Cluster.load(settings.broker_run_dir, report=_say)
     own_broker = None
     worker: subprocess.Popen[bytes] | None = None
     consumer: Consumer | None = None
@@ -47,10 +48,10 @@ def run_demo(settings: Settings, patients: int, seed: int, tick_interval: int = 
         if cluster is not None and cluster.running_pids():
             _say(f"reusing the broker running at {cluster.bootstrap_servers}")
         else:
-            cluster = own_broker = broker.Cluster(
+            cluster = own_broker = Cluster(
                 settings.broker_run_dir,
                 settings.kafka_version,
-                broker.default_nodes(1, settings.broker_port),
+                default_nodes(1, settings.broker_port),
                 cache_dir=settings.cache_dir,
                 heap_mb=settings.broker_heap_mb,
                 die_with_parent=True,

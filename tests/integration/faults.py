@@ -32,7 +32,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.analysis.replay import canonical_json, replay
 from streams.clinical.policy import builtin_policy
-from streams.devtools.broker import Cluster
+from streams.devtools.cluster import Cluster
 from streams.formats.avro import decode_escalation
 from streams.kafka.client import producer_config
 from streams.kafka.publish import LogSource, publish_log

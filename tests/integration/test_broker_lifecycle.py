@@ -14,7 +14,8 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.devtools.broker import Cluster, broker_pids, free_nodes
+from streams.devtools.cluster import Cluster, broker_pids
+from streams.devtools.config import free_nodes
 from streams.kafka.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

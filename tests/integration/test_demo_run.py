@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from streams.devtools.broker import broker_pids, free_nodes
+from streams.devtools.cluster import broker_pids
+from streams.devtools.config import free_nodes
 from tests.integration.workers import REPO, free_port
 
 ESCALATION_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\S+Z  [A-Z_]+ +demo-\d{4} +due ")

@@ -40,7 +40,8 @@ import orjson
 import pytest
 
 from streams.clinical.events import parse_time
-from streams.devtools.broker import Cluster, broker_pids, free_nodes
+from streams.devtools.cluster import Cluster, broker_pids
+from streams.devtools.config import free_nodes
 from streams.devtools.demo import demo_cohort
 from streams.kafka.settings import Settings
 from tests.integration.faults import (

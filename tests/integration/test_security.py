@@ -22,14 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.devtools.broker import (
-    Cluster,
-    Security,
-    broker_pids,
-    free_nodes,
-    grant_acls,
-    stepcare_acls,
-)
+from streams.devtools.cluster import Cluster, broker_pids
+from streams.devtools.config import free_nodes
+from streams.devtools.security import Security, grant_acls, stepcare_acls
 from streams.kafka.settings import Settings
 from tests.integration.workers import Deployment, WorkerProcess, free_port
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams.devtools.broker import Cluster, free_nodes
+from streams.devtools.cluster import Cluster
+from streams.devtools.config import free_nodes
 from streams.kafka.settings import Settings
 from tests.integration.workers import REPO, Deployment, WorkerProcess
 

@@ -7,14 +7,10 @@ from pathlib import Path
 import pytest
 
 from streams import cli
-from streams.devtools.broker import (
-    BrokerError,
-    Node,
+from streams.devtools.config import Node, Secured, default_nodes, server_properties
+from streams.devtools.jars import BrokerError, kafka_line
+from streams.devtools.security import (
     Security,
-    _Secured,
-    _server_properties,
-    default_nodes,
-    kafka_line,
     parse_acl_roles,
     read_users,
     scram_credential,
@@ -53,7 +49,7 @@ def parse(text: str) -> dict[str, str]:
 
 def test_single_node_uses_replication_one() -> None:
     node = Node(1, 9092, 9093)
-    props = parse(_server_properties(node, [node], Path("/d"), 3))
+    props = parse(server_properties(node, [node], Path("/d"), 3))
     assert props["controller.quorum.voters"] == "1@127.0.0.1:9093"
     assert props["offsets.topic.replication.factor"] == "1"
     assert props["transaction.state.log.min.isr"] == "1"
@@ -62,7 +58,7 @@ def test_single_node_uses_replication_one() -> None:
 
 def test_three_nodes_replicate_three_ways_with_two_in_sync() -> None:
     nodes = default_nodes(3, 19092)
-    props = parse(_server_properties(nodes[1], nodes, Path("/d"), 4))
+    props = parse(server_properties(nodes[1], nodes, Path("/d"), 4))
     assert props["node.id"] == "2"
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:19102,CONTROLLER://127.0.0.1:19103"
     assert props["controller.quorum.voters"] == (
@@ -89,8 +85,8 @@ def tls_dir(tmp_path: Path, key: str = KEY, cert: str = CERT) -> Path:
 
 def test_a_secured_node_takes_clients_only_over_sasl_ssl_and_enforces_acls() -> None:
     node = Node(1, 19092, 19093)
-    secured = _Secured(19094, Path("/run/keystore.pem"), "s3cret", ("admin",))
-    props = parse(_server_properties(node, [node], Path("/d"), 4, secured))
+    secured = Secured(19094, Path("/run/keystore.pem"), "s3cret", ("admin",))
+    props = parse(server_properties(node, [node], Path("/d"), 4, secured))
     assert props["listeners"] == (
         "SASL_SSL://127.0.0.1:19092,INTERNAL://127.0.0.1:19094,CONTROLLER://127.0.0.1:19093"
     )
