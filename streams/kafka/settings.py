@@ -214,11 +214,11 @@ class Settings:
             context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
         return context
 
-    def confluent_config(self) -> dict[str, str]:
+    def confluent_config(self) -> dict[str, str | int | float | bool]:
         """Connection settings for confluent-kafka clients (producers, admin, consumers);
         SettingsError naming the variable if a file it names cannot be used."""
         check_tls_files(self)
-        config = {"bootstrap.servers": self.bootstrap_servers}
+        config: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap_servers}
         if self.security_protocol != "PLAINTEXT":
             config["security.protocol"] = self.security_protocol
         if self.security_protocol.startswith("SASL"):
