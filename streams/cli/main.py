@@ -78,6 +78,8 @@ ANALYSIS_COMMANDS: dict[str, tuple[str, str]] = {
 
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a process SIGPIPE ended
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EPIPE}
+# The errors reported as one line, exit 2: stepcare's own and the clinical core's.
+_USER_ERRORS: tuple[type[Exception], ...] = (StepcareError, *INPUT_ERRORS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BROKEN_PIPE
         print(f"stepcare: {error}", file=sys.stderr)  # print() to a full stdout
         return EXIT_USAGE
-    except (StepcareError, *INPUT_ERRORS) as exc:
+    except _USER_ERRORS as exc:
         print(f"stepcare: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -68,13 +68,16 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from streams.errors import StepcareError, UsageError
 from streams.interfaces.errors import AdapterError, Ignored, Where
 from streams.kafka.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, error_headers
+
+if TYPE_CHECKING:
+    from streams.interfaces.pseudonym import Pseudonymizer
 
 # The live bridges' topics. Those the worker shares (its input, its dead letters, its
 # escalations) default to the worker's settings, whose defaults are the names of DESIGN §2.
@@ -401,7 +404,7 @@ def _questionnaire(args: argparse.Namespace) -> int:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _pseudonymizer():
+def _pseudonymizer() -> Pseudonymizer:
     from streams.interfaces.pseudonym import PseudonymError, Pseudonymizer
 
     try:
@@ -773,7 +776,7 @@ def _produce(producer: Any, topic: str, **kwargs: Any) -> None:
 
 
 def _kafka_text(exc: Exception) -> str:
-    error = exc.args[0] if exc.args else None
+    error: Any = exc.args[0] if exc.args else None  # a KafkaError, if confluent-kafka raised it
     return error.str() if hasattr(error, "str") else str(exc)
 
 
