@@ -3,6 +3,9 @@
 Every setting is read from an environment variable named ``STEPCARE_<FIELD NAME IN CAPITALS>``
 and has a documented default, so a worker, a test run and ``make run`` are configured the same way.
 ``stepcare settings`` prints the table below with the values in force.
+
+A dataclass read by hand on purpose: pydantic(-settings) was tried (issue 13) and took more lines
+to say the same one-line errors (a translator of its errors, bounds read back from its metadata).
 """
 
 from __future__ import annotations
