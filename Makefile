@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Downloads (Kafka jars, Maven repository) are cached here; git ignores it.
 export STEPCARE_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: venv jars lint format test test-faults test-unit hostile run bench broker-start broker-stop clean
+.PHONY: venv jars lint typecheck format test test-faults test-unit hostile run bench broker-start broker-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "stepcare needs Python 3.11, not " + sys.version.split()[0]'
@@ -22,11 +22,14 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+typecheck: venv  ## mypy, strict, on the packages [tool.mypy] lists (pyproject.toml)
+	$(BIN)/mypy
+
 format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint jars  ## ruff, then the whole suite on real brokers
+test: lint typecheck jars  ## ruff, mypy, then the whole suite on real brokers
 	$(BIN)/pytest --durations=15
 
 test-faults: lint jars  ## the full fault-injection run (~20,000 events, 4 kills, a broker SIGKILL; ~5 min)

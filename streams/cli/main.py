@@ -24,6 +24,8 @@ EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a process SIGPIPE ended
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C, as a shell reports it
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EPIPE}
+# The errors reported as one line, exit 2: stepcare's own and the clinical core's.
+_USER_ERRORS: tuple[type[Exception], ...] = (StepcareError, *INPUT_ERRORS)
 
 # Every command, in the order of `stepcare --help`: its module (with configure(parser) and
 # run(args, settings) -> int) and its one-line help.
@@ -94,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_BROKEN_PIPE
         print(f"stepcare: {error}", file=sys.stderr)  # print() to a full stdout
         return EXIT_USAGE
-    except (StepcareError, *INPUT_ERRORS) as exc:
+    except _USER_ERRORS as exc:
         print(f"stepcare: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

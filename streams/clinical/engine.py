@@ -142,7 +142,7 @@ def _on_enrolled(state: PatientState, event: PatientEvent, key: int, policy: Pol
     t = event.occurred_at
     candidates = [h for h in state.held if t - policy.baseline_lookback <= h.occurred_at <= t]
     chosen = candidates[-1] if candidates else None
-    totals = ()
+    totals: tuple[tuple[int, float], ...] = ()
     if policy.baseline_mode == "rolling":
         totals = tuple((h.occurred_at, h.total) for h in candidates)[-policy.rolling_count :]
     step = policy.enrollment_step

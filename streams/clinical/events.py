@@ -186,7 +186,8 @@ def event_from_json(obj: Any) -> PatientEvent:
         raise EventError(f"an event is a JSON object, not {type(obj).__name__}")
     if not _FIELDS.issuperset(obj):
         raise EventError(unknown_field(obj, _FIELDS, "field", "PatientEvent"))
-    kind = _TYPES.get(obj.get("type")) if type(obj.get("type")) is str else None
+    type_name = obj.get("type")
+    kind = _TYPES.get(type_name) if type(type_name) is str else None
     if kind is None:
         raise EventError(f"unknown event type (type must be one of {', '.join(_TYPES)})")
     occurred_at = parse_time(obj.get("occurred_at"))
@@ -209,7 +210,7 @@ def event_from_json(obj: Any) -> PatientEvent:
     return PatientEvent(event_id, patient_id, occurred_at, kind, source, survey, attributes)
 
 
-def unknown_field(obj: dict, known: frozenset[str], noun: str, record: str) -> str:
+def unknown_field(obj: dict[str, Any], known: frozenset[str], noun: str, record: str) -> str:
     """The message for an object with a field not in ``known``: its position, not its name
     (a name is input, and could be anything: messages reach logs and dead-letter headers)."""
     position = next(i for i, name in enumerate(obj, 1) if name not in known)
@@ -217,7 +218,7 @@ def unknown_field(obj: dict, known: frozenset[str], noun: str, record: str) -> s
     return f"unknown {noun} at position {position} (not a {record} field: {allowed})"
 
 
-def attributes_of(obj: dict) -> dict[str, str]:
+def attributes_of(obj: dict[str, Any]) -> dict[str, str]:
     """The event's ``attributes``: absent is empty; anything but strings to strings is refused."""
     attributes = obj.get("attributes")
     if attributes is None:
@@ -229,7 +230,7 @@ def attributes_of(obj: dict) -> dict[str, str]:
     return attributes
 
 
-def _identifier(obj: dict, name: str, *, allow_empty: bool) -> str:
+def _identifier(obj: dict[str, Any], name: str, *, allow_empty: bool) -> str:
     value = obj.get(name, "" if allow_empty else None)
     if type(value) is not str or (not value and not allow_empty):
         raise EventError(f"{name} must be a non-empty string")

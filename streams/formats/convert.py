@@ -52,7 +52,7 @@ def output_format(path: str, fmt: str | None) -> Format:
             raise LogError(f"unknown format {fmt!r} (jsonl or avro)")
         if fmt == "avro" and path == "-":
             raise LogError("Avro output needs a file (--output FILE.avro), not stdout")
-        return fmt  # type: ignore[return-value]
+        return fmt
     if path == "-":
         return "jsonl"
     found = _EXTENSIONS.get(Path(path).suffix.lower())

@@ -121,6 +121,7 @@ class _TextSink:
 def _stdout_binary() -> IO[bytes]:
     sys.stdout.flush()  # what was printed before comes first
     buffer = getattr(sys.stdout, "buffer", None)
+    # _TextSink is no IO[bytes]: it has write and flush, all that a writer of an output calls
     return buffer if buffer is not None else _TextSink(sys.stdout)  # type: ignore[return-value]
 
 
@@ -190,7 +191,7 @@ def open_text_output(name: str) -> Iterator[IO[str]]:
     import io
 
     with open_output(name) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")  # type: ignore[arg-type]
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
         try:
             yield text
             text.flush()
@@ -199,7 +200,7 @@ def open_text_output(name: str) -> Iterator[IO[str]]:
                 text.detach()  # open_output closes the file
 
 
-def stdout_error(exc: OSError) -> OSError:
+def stdout_error(exc: OSError) -> OSError | FileError:
     """The one line for stdout that cannot be written (a full disk): a :class:`FileError`.
 
     A closed pipe (``stepcare ... | head``) stays a ``BrokenPipeError``, which ``stepcare``
@@ -251,7 +252,7 @@ def open_input(name: str) -> IO[bytes]:
 
 
 def _stdin_binary() -> IO[bytes]:
-    buffer = getattr(sys.stdin, "buffer", None)
+    buffer: IO[bytes] | None = getattr(sys.stdin, "buffer", None)
     if buffer is None:  # a text stdin without a buffer (a test's StringIO)
         import io
 
@@ -297,6 +298,7 @@ class LogReader:
                     self.total_bytes = found.st_size
                     self.avro = is_avro_container(self.fo)
                 else:  # a FIFO, a process substitution: look without consuming
+                    # open(name, "rb") is a BufferedReader, which peeks; IO[bytes] does not say so
                     self.avro = self.fo.peek(4)[:4] == AVRO_CONTAINER_MAGIC  # type: ignore[attr-defined]
             except OSError as exc:
                 self.fo.close()

@@ -435,7 +435,8 @@ def _escalation(obj: Any) -> dict[str, Any]:
         raise AdapterError("escalation-invalid", str(exc)) from None
     if due_by is None and kind is not Kind.VISIT_REQUEST_CANCELLED:
         raise AdapterError("escalation-invalid", f"a {kind} escalation needs due_by")
-    reason = obj.get("reason") if isinstance(obj.get("reason"), Mapping) else {}
+    given = obj.get("reason")
+    reason = given if isinstance(given, Mapping) else {}
     return {
         **obj,
         "kind": kind,

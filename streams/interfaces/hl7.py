@@ -125,7 +125,7 @@ def split_file(fo: IO[bytes]) -> Iterator[tuple[int, str]]:
         except UnicodeDecodeError:
             utf8 = False
     fo.seek(start)
-    text = io.TextIOWrapper(fo, encoding="utf-8" if utf8 else "latin-1", newline="")  # type: ignore[arg-type]
+    text = io.TextIOWrapper(fo, encoding="utf-8" if utf8 else "latin-1", newline="")
     try:
         if framed:
             yield from _split_frame_stream(text)
@@ -209,9 +209,9 @@ class _Message:
         msh = segments[0]
         self.field_sep = msh[3]
         encoding = msh[4:8]
-        self.component, self.repetition, self.escape, self.subcomponent = (
-            encoding + "\x00\x00\x00\x00"
-        )[:4]
+        self.component, self.repetition, self.escape, self.subcomponent = tuple(
+            (encoding + "\x00\x00\x00\x00")[:4]
+        )
         self.segments: list[tuple[str, list[str]]] = []
         for text in segments:
             fields = text.split(self.field_sep)
@@ -373,7 +373,7 @@ def adt_to_event(
     patient_id = _patient(msg, pid, pseudonymizer, identifier_type, authority_systems or {})
     patient_class = msg.component_of(msg.raw(pv1, 2), 1)
     admit = trigger in ADMIT_TRIGGERS
-    times = [
+    times: list[tuple[str, list[str] | None, int]] = [
         ("PV1-44", pv1, 44) if admit else ("PV1-45", pv1, 45),
         ("EVN-6", evn, 6),
         ("EVN-2", evn, 2),

@@ -258,6 +258,7 @@ class LiveBridge:
             self.read += 1
             positions[(record.topic(), record.partition())] = record.offset() + 1
             headers = record.headers() or []
+            result: Output | Ignored | AdapterError
             try:
                 result = self.convert(record.value(), headers)
             except AdapterError as exc:

@@ -53,7 +53,7 @@ def produce(producer: Any, topic: str, **kwargs: Any) -> None:
 
 def error_text(exc: Exception) -> str:
     """The message of a ``KafkaException`` (its ``KafkaError``'s), else of the exception."""
-    error = exc.args[0] if exc.args else None
+    error: Any = exc.args[0] if exc.args else None  # a KafkaError, if confluent-kafka raised it
     return error.str() if hasattr(error, "str") else str(exc)
 
 

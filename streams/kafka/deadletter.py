@@ -130,4 +130,5 @@ def _field_size(data: bytes | None) -> int:
 
 def _record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, Any]]) -> int:
     """What aiokafka's producer compares with its max_request_size for this record."""
-    return DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    size: int = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+    return size

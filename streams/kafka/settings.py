@@ -3,6 +3,9 @@
 Every setting is read from an environment variable named ``STEPCARE_<FIELD NAME IN CAPITALS>``
 and has a documented default, so a worker, a test run and ``make run`` are configured the same way.
 ``stepcare settings`` prints the table below with the values in force.
+
+A dataclass read by hand on purpose: pydantic(-settings) was tried (issue 13) and took more lines
+to say the same one-line errors (a translator of its errors, bounds read back from its metadata).
 """
 
 from __future__ import annotations
@@ -215,11 +218,11 @@ class Settings:
             context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
         return context
 
-    def confluent_config(self) -> dict[str, str]:
+    def confluent_config(self) -> dict[str, str | int | float | bool]:
         """Connection settings for confluent-kafka clients (producers, admin, consumers);
         SettingsError naming the variable if a file it names cannot be used."""
         check_tls_files(self)
-        config = {"bootstrap.servers": self.bootstrap_servers}
+        config: dict[str, str | int | float | bool] = {"bootstrap.servers": self.bootstrap_servers}
         if self.security_protocol != "PLAINTEXT":
             config["security.protocol"] = self.security_protocol
         if self.security_protocol.startswith("SASL"):

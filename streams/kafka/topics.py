@@ -53,7 +53,8 @@ def check_access(config: Mapping[str, Any], timeout: float = 30.0) -> None:
 
     quiet = logging.getLogger("stepcare.kafka.access")
     quiet.setLevel(logging.CRITICAL)  # librdkafka's retry lines: the error callback tells it
-    admin = AdminClient({**config, "error_cb": on_error, "logger": quiet})
+    # confluent-kafka's stubs type every setting as a scalar; the client takes callables too
+    admin = AdminClient({**config, "error_cb": on_error, "logger": quiet})  # type: ignore[dict-item]
     where = config.get("bootstrap.servers", "?")
     deadline = time.monotonic() + timeout
     while True:
