@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.devtools.jars import BrokerError
+from streams.kafka.client import error_text
 from streams.kafka.settings import Settings
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
@@ -211,7 +212,7 @@ def grant_acls(config: Mapping[str, Any], bindings: list, timeout: float = 30.0)
             raise BrokerError(
                 f"cannot create the ACL {binding.operation.name} on "
                 f"{binding.restype.name} {binding.name} for {binding.principal}: "
-                f"{exc.args[0].str()}"
+                f"{error_text(exc)}"
             ) from None
 
 

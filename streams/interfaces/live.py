@@ -376,17 +376,9 @@ def run_live(
 def _ensure_topics(config: dict[str, Any], names: tuple[str, ...], settings: Settings) -> list[str]:
     """Create the missing topics of a bridge (source, target, dead letters) as the worker creates
     its own (STEPCARE_PARTITIONS, STEPCARE_REPLICATION); the names created."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+    from streams.kafka.topics import create_topics, existing_topics
 
-    from streams.kafka.topics import TopicError, check_access, create_topics
-
-    check_access(config, 30.0)  # a refused login: one line at once
-    admin = AdminClient(config)
-    try:
-        existing = admin.list_topics(timeout=30).topics
-    except KafkaException as exc:
-        raise TopicError(f"cannot reach Kafka: {error_text(exc)}") from None
+    admin, existing = existing_topics(config)
     missing = sorted({n for n in names if n not in existing})
     create_topics(admin, settings, missing, keep=names[:2])  # dead letters: default retention
     return missing

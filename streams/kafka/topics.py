@@ -83,16 +83,27 @@ def topic_names(settings: Settings) -> tuple[str, str, str]:
     return settings.input_topic, settings.escalations_topic, settings.dead_letter_topic
 
 
+def existing_topics(
+    config: Mapping[str, Any], timeout: float = 30.0, *, where: str | None = None
+) -> tuple[AdminClient, dict[str, Any]]:
+    """An admin client, once the broker has let us in, and the topics it has (name: metadata).
+
+    A refused login or TLS handshake is one line at once (:func:`check_access`), not retries
+    until a timeout."""
+    check_access(config, timeout)
+    admin = AdminClient(dict(config))
+    try:
+        return admin, admin.list_topics(timeout=timeout).topics
+    except KafkaException as exc:
+        at = "" if where is None else f" at {where}"
+        raise TopicError(f"cannot reach Kafka{at}: {error_text(exc)}") from None
+
+
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Create the missing topics; return the names created. Refuses a mismatched input topic."""
-    check_access(settings.confluent_config(), timeout)
-    admin = AdminClient(settings.confluent_config())
-    try:
-        existing = admin.list_topics(timeout=timeout).topics
-    except KafkaException as exc:
-        raise TopicError(
-            f"cannot reach Kafka at {settings.bootstrap_servers}: {error_text(exc)}"
-        ) from None
+    admin, existing = existing_topics(
+        settings.confluent_config(), timeout, where=settings.bootstrap_servers
+    )
     wanted = topic_names(settings)
     if settings.input_topic in existing:
         count = len(existing[settings.input_topic].partitions)

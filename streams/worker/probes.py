@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from streams.clinical.events import format_time
 from streams.formats.avro import encode_event
+from streams.kafka.client import error_text
 from streams.kafka.settings import Settings
 
 log = logging.getLogger("stepcare.worker")
@@ -42,7 +43,7 @@ class LagProbe:
                 lags[tp.partition] = max(0, end - start)
             return lags
         except KafkaException as exc:
-            log.warning("consumer lag not measured: %s", exc.args[0].str())
+            log.warning("consumer lag not measured: %s", error_text(exc))
             return {}
 
 

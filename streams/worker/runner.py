@@ -14,6 +14,7 @@ import faust
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from faust.exceptions import ConsistencyError
 
+from streams.kafka.client import error_text
 from streams.kafka.settings import Settings
 from streams.worker.states import TABLE
 
@@ -85,7 +86,7 @@ def forget_stale_tables(settings: Settings) -> bool:
     try:
         ends = _end_offsets(settings, changelog, sorted(persisted))
     except KafkaException as exc:  # faust's own check still stops a worker on stale tables
-        log.warning("changelog offsets not checked: %s", exc.args[0].str())
+        log.warning("changelog offsets not checked: %s", error_text(exc))
         return False
     stale = sorted(p for p, offset in persisted.items() if offset >= ends.get(p, 0))
     if not stale:
