@@ -88,7 +88,7 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
     metrics.last_processed.set(time.time())  # "not since it started", rather than "since 1970"
     monitor = Monitor(settings, policy, patients, escalations, dead_letters, metrics)
 
-    # exactly_once: no transaction commits half-way through an event (streams/faust_patches.py).
+    # exactly_once: no transaction commits half-way through an event (worker/faust_patches.py).
     exclusive = (
         faust_patches.commit_lock(app)
         if settings.processing_guarantee == "exactly_once"

@@ -6,7 +6,7 @@ a negative test proves that check can fail), and the asserts below check what Co
 images are pinned, every bind-mounted path exists in the repository, the worker's environment
 holds only real `STEPCARE_*` settings with values `Settings` accepts, and the services agree with
 each other (the broker listener the worker uses, the port Prometheus scrapes, the dashboards path
-Grafana's provider reads, the paths the Dockerfile copies and the layout `streams/avro.py` needs).
+Grafana's provider reads, the paths the Dockerfile copies and what the wheel needs).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Avro single-object encoding of PatientEvents and Escalations (streams/codec.py, DESIGN §3)."""
+"""Avro single-object encoding of PatientEvents and Escalations (formats/avro.py, DESIGN §3)."""
 
 from __future__ import annotations
 
