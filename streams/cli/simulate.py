@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 
 from streams.analysis.simulate import (
     ACCRUAL_WEEKS,
@@ -18,6 +17,7 @@ from streams.analysis.simulate import (
     Summary,
     simulate,
 )
+from streams.cli.progress import Progress
 from streams.clinical.events import DAY_MS, MAX_EVENT_TIME, EventError, format_time, parse_time
 from streams.clinical.policy import resolve_policy
 from streams.errors import UsageError
@@ -88,20 +88,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     cohort = Cohort(args.seed, args.patients, args.weeks, day0, args.accrual_weeks)
     summary = Summary()
-    last = [time.monotonic()]
+
+    def progress_text(done: int, rate: float, share: float | None) -> str:
+        return f"simulate: {done}/{args.patients} patients, {sum(summary.events.values())} events"
+
+    shown = Progress(progress_text, total=args.patients)
 
     def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 2.0:
-            last[0] = now
-            written = sum(summary.events.values())
-            print(f"simulate: {done}/{total} patients, {written} events", file=sys.stderr,
-                  flush=True)  # fmt: skip
+        shown.update(done, done)
 
     try:
         write_log(args.output, simulate(cohort, policy, summary, progress), fmt)
     except LogError as exc:
         raise UsageError(str(exc)) from None
+    finally:
+        shown.clear()
     where = "stdout" if args.output == "-" else args.output
     print(f"{summary.text(policy)} -> {where} ({fmt})", file=sys.stderr)
     return 0
