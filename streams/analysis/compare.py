@@ -137,7 +137,7 @@ def compare(
     rejects: object = None,
 ) -> list[Run]:
     """Run the policies over the inputs (one input for all, or paired in order)."""
-    from streams.formats.files import read_events
+    from streams.formats.logs import read_events
 
     if len(inputs) != 1 and len(inputs) != len(policies):
         raise ValueError("give one --input for all policies, or one --input per --policy")

@@ -71,7 +71,7 @@ class Rejected:
 
 def read_events(name: str) -> Iterator[tuple[int, PatientEvent | Rejected]]:
     """(line or record number, event) for each valid event of a JSONL or Avro container log."""
-    from streams.formats.files import read_objects
+    from streams.formats.logs import read_objects
 
     objects = read_objects(name)  # opened now: a missing file is one line before any output
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
 import orjson
 
 from streams.clinical.engine import Outcome
-from streams.clinical.events import EventError, EventType, PatientEvent, event_from_json
+from streams.clinical.events import EventType, PatientEvent
 from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import Policy
 from streams.errors import StepcareError
+from streams.formats.logs import events_of_lines
 
 
 @dataclass
@@ -53,23 +54,6 @@ class RejectedLine(StepcareError):
         super().__init__(f"line {line}: {reason}")
 
 
-def read_log(lines: Iterable[str | dict]) -> Iterator[tuple[int, PatientEvent | str]]:
-    """(line number, event) for each valid line, (line number, reason) for a bad one.
-
-    A line is JSONL text, or an already decoded object (records of an Avro container log).
-    """
-    for number, line in enumerate(lines, start=1):
-        try:
-            if type(line) is dict:
-                yield number, event_from_json(line)
-            elif line.strip():
-                yield number, event_from_json(orjson.loads(line))
-        except orjson.JSONDecodeError as exc:
-            yield number, f"not JSON: {exc.msg} (column {exc.colno})"
-        except EventError as exc:
-            yield number, str(exc)
-
-
 def replay(
     lines: Iterable[str | dict],
     policy: Policy,
@@ -88,7 +72,7 @@ def replay(
     then.
     """
     return replay_events(
-        read_log(lines), policy, output, until=until, strict=strict, rejects=rejects,
+        events_of_lines(lines), policy, output, until=until, strict=strict, rejects=rejects,
         progress=progress,
     )  # fmt: skip
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from streams.clinical.events import event_to_json
 from streams.errors import UsageError
-from streams.formats.convert import FORMATS, input_format, output_format, write_log
-from streams.formats.files import read_events, refuse_same_file
+from streams.formats.files import refuse_same_file
+from streams.formats.logs import FORMATS, input_format, output_format, read_events, write_log
 from streams.kafka.settings import Settings
 
 DESCRIPTION = (

@@ -9,7 +9,8 @@ from streams.cli.progress import Progress, report
 from streams.clinical.events import EventError, parse_time
 from streams.clinical.policy import resolve_policy
 from streams.errors import UsageError
-from streams.formats.files import open_text_output, read_events, refuse_same_file
+from streams.formats.files import open_text_output, refuse_same_file
+from streams.formats.logs import read_events
 from streams.kafka.settings import Settings
 
 DESCRIPTION = (

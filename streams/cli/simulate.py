@@ -21,7 +21,7 @@ from streams.cli.progress import Progress
 from streams.clinical.events import DAY_MS, MAX_EVENT_TIME, EventError, format_time, parse_time
 from streams.clinical.policy import resolve_policy
 from streams.errors import UsageError
-from streams.formats.convert import LogError, output_format, write_log
+from streams.formats.logs import LogError, output_format, write_log
 from streams.kafka.settings import Settings
 
 DESCRIPTION = (

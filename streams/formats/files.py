@@ -1,9 +1,9 @@
-"""The command line's files: one reader of event logs and one writer of outputs, for every command.
+"""The command line's files: inputs, JSONL lines, and the one writer of outputs, for every command.
 
-Reading (``replay``, ``publish``, ``convert``, ``compare``, ``explain``, ``score``, the bridges):
+Reading (``replay``, ``publish``, ``convert``, ``compare``, ``explain``, ``score``, the bridges;
+event logs through :mod:`streams.formats.logs`):
 
-* a log is JSONL, or an Avro object container file (detected by content; ``-`` is JSONL on
-  stdin). It is read as a stream: memory does not grow with the file.
+* an input is read as a stream: memory does not grow with the file.
 * JSONL lines end at ``\\n`` and nowhere else: a raw ``\\r``, U+2028, U+2029 or U+0085 inside a
   JSON string is part of its line. Lines are numbered from 1, blank lines included.
 * a line that is not UTF-8, or not JSON, is a rejected record (its number and the reason); the
@@ -34,12 +34,6 @@ from typing import IO, Any
 import orjson
 
 from streams.errors import StepcareError
-from streams.formats.avro import (
-    AVRO_CONTAINER_MAGIC,
-    CodecError,
-    is_avro_container,
-    read_avro_stream,
-)
 
 DOCUMENT_LIMIT = 32 * 1024 * 1024
 """Bytes of a multi-line JSON document (score, fhir-import) read whole; past it, input is JSONL."""
@@ -265,115 +259,17 @@ def numbered_lines(fo: IO[bytes]) -> Iterator[tuple[int, bytes]]:
     return enumerate(fo, start=1)
 
 
-def json_line(line: bytes) -> tuple[Any, str | None]:
+def json_line(line: bytes | str) -> tuple[Any, str | None]:
     """(the JSON value of one JSONL line, None), or (None, the reason it has none)."""
     try:
         return orjson.loads(line), None
     except orjson.JSONDecodeError as exc:
         try:
-            line.decode("utf-8")
+            if isinstance(line, bytes):
+                line.decode("utf-8")
         except UnicodeDecodeError as bad:
             return None, f"not UTF-8 text (byte {bad.start + 1} of the line)"
         return None, f"not JSON: {exc.msg} (column {exc.colno})"
-
-
-class LogReader:
-    """The records of an event log: (number, JSON value, or a reason for a rejected record).
-
-    Iterate it once. ``label`` is "line" (JSONL) or "record" (Avro); ``position`` the bytes read
-    so far and ``total_bytes`` the file's size (None for stdin), for progress. A damaged Avro
-    container raises :class:`FileError` where the damage is.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.fo = open_input(name)
-        self.total_bytes: int | None = None
-        self.position = 0
-        self.avro = False
-        if name != "-":
-            try:
-                found = os.fstat(self.fo.fileno())
-                if stat.S_ISREG(found.st_mode):
-                    self.total_bytes = found.st_size
-                    self.avro = is_avro_container(self.fo)
-                else:  # a FIFO, a process substitution: look without consuming
-                    # open(name, "rb") is a BufferedReader, which peeks; IO[bytes] does not say so
-                    self.avro = self.fo.peek(4)[:4] == AVRO_CONTAINER_MAGIC  # type: ignore[attr-defined]
-            except OSError as exc:
-                self.fo.close()
-                raise FileError(f"cannot read {name}: {exc.strerror}") from None
-        self.label = "record" if self.avro else "line"
-
-    def __enter__(self) -> LogReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.name != "-":
-            self.fo.close()
-
-    def __iter__(self) -> Iterator[tuple[int, Any]]:
-        return self._avro() if self.avro else self._jsonl()
-
-    def _jsonl(self) -> Iterator[tuple[int, Any]]:
-        try:
-            for number, line in numbered_lines(self.fo):
-                self.position += len(line)
-                if not line.strip():
-                    continue
-                value, reason = json_line(line)
-                if reason is None and isinstance(value, str):  # a str is a reason, below
-                    reason = "an event is a JSON object, not str"
-                yield number, value if reason is None else reason
-        except OSError as exc:
-            raise FileError(f"cannot read {self.name}: {exc.strerror}") from None
-
-    def _avro(self) -> Iterator[tuple[int, Any]]:
-        try:
-            for number, item in read_avro_stream(self.fo):
-                if isinstance(item, str):  # nothing after damage can be read: no partial answer
-                    raise FileError(f"{self.name}: record {number}: {item}")
-                self.position = self.fo.tell()
-                yield number, item
-        except CodecError as exc:  # not a PatientEvent container at all
-            raise FileError(f"{self.name}: {exc}") from None
-        except OSError as exc:
-            raise FileError(f"cannot read {self.name}: {exc.strerror}") from None
-
-
-def read_objects(name: str) -> Iterator[tuple[int, Any]]:
-    """(number, JSON value or reason) per record of a log; see :class:`LogReader`.
-
-    The file is opened now (a missing file fails here, before any output is made)."""
-    reader = LogReader(name)
-
-    def records() -> Iterator[tuple[int, Any]]:
-        with reader:
-            yield from reader
-
-    return records()
-
-
-def read_events(name: str) -> Iterator[tuple[int, Any]]:
-    """(number, validated ``PatientEvent``) per record of a log; (number, reason) if not one."""
-    from streams.clinical.events import EventError, event_from_json
-
-    objects = read_objects(name)
-
-    def events() -> Iterator[tuple[int, Any]]:
-        for number, obj in objects:
-            if isinstance(obj, str):
-                yield number, obj
-                continue
-            try:
-                yield number, event_from_json(obj)
-            except EventError as exc:
-                yield number, str(exc)
-
-    return events()
 
 
 # -- one JSON document, or JSONL ----------------------------------------------------------------

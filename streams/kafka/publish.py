@@ -29,7 +29,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from streams.clinical.events import EventError, event_from_json, format_time
 from streams.errors import StepcareError
 from streams.formats.avro import encode_event
-from streams.formats.files import FileError, LogReader
+from streams.formats.files import FileError
+from streams.formats.logs import LogReader
 from streams.kafka.client import error_text, librdkafka_logger, produce
 from streams.kafka.topics import TopicError, check_access
 

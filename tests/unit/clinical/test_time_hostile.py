@@ -16,8 +16,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from rfc3339_validator import validate_rfc3339
 
-from streams.analysis.replay import read_log
 from streams.clinical.events import MAX_TIME, MIN_TIME, EventError, event_from_json, parse_time
+from streams.formats.logs import events_of_lines
 
 EPOCH = datetime(1970, 1, 1)
 NOT_RFC3339 = "timestamp is not RFC 3339 (e.g. 2024-03-01T09:30:00Z)"
@@ -186,7 +186,7 @@ def test_a_rejected_timestamp_is_not_repeated_in_the_reason() -> None:
         '{"event_id": "e1", "patient_id": "p-1", "type": "ENROLLED",'
         ' "occurred_at": "1961-04-12 Jane Doe"}'
     )
-    assert list(read_log([line])) == [(1, NOT_RFC3339)]
+    assert list(events_of_lines([line])) == [(1, NOT_RFC3339)]
     with pytest.raises(EventError) as raised:
         event_from_json({"event_id": "e1", "patient_id": "p", "type": "ENROLLED",
                          "occurred_at": "2024-02-30T00:00:00Z"})  # fmt: skip

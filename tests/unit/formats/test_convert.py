@@ -9,8 +9,7 @@ import pytest
 
 from streams.cli import main
 from streams.formats.avro import AVRO_CONTAINER_MAGIC
-from streams.formats.convert import input_format, output_format
-from streams.formats.files import read_events
+from streams.formats.logs import input_format, output_format, read_events
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "three-patients.jsonl"
