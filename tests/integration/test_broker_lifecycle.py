@@ -14,10 +14,9 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.devtools.cluster import Cluster
+from streams.devtools.cluster import Cluster, broker_pids
 from streams.devtools.config import free_nodes
 from streams.kafka.settings import Settings
-from tests.integration.processes import broker_pids
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = Settings.from_env()

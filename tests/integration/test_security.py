@@ -22,11 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.devtools.cluster import Cluster
+from streams.devtools.cluster import Cluster, broker_pids
 from streams.devtools.config import free_nodes
 from streams.devtools.security import Security, grant_acls, stepcare_acls
 from streams.kafka.settings import Settings
-from tests.integration.processes import broker_pids
 from tests.integration.workers import Deployment, WorkerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
