@@ -33,7 +33,7 @@ NO_INDEX = re.compile(
     r"|Network is unreachable|ProxyError|ConnectTimeoutError|connection broken by"
     r"|\(from versions: none\)"
 )
-# FACT-L answered 2 everywhere: every subscale item scores 2, so FACT-L is 68 (test_cli_score).
+# FACT-L answered 2 everywhere: every subscale item scores 2, so FACT-L is 68 (cli/test_score.py).
 FACT_L_ITEMS = (
     *(f"GP{i}" for i in range(1, 8)),
     *(f"GS{i}" for i in range(1, 8)),
