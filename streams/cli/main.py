@@ -20,6 +20,10 @@ from streams.errors import StepcareError
 from streams.formats.files import stdout_error
 from streams.kafka.settings import Settings
 
+DESCRIPTION = (
+    "stepcare: the stepped palliative-care monitor. FACT-L scores and clinical events in, "
+    "palliative-care escalations out; 'stepcare COMMAND --help' for each command."
+)
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a process SIGPIPE ended
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C, as a shell reports it
@@ -104,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stepcare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="stepcare", description=DESCRIPTION)
     parser.add_argument("--version", action=_PrintVersion)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
