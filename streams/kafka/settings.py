@@ -120,6 +120,18 @@ class Settings:
         "dead-letter topic (invalid-event); 0 = no limit. Not applied with clock=event (replays).",
         (0, 36_500),
     )
+    batch_size: int = _setting(
+        2000,
+        "Most input records the worker handles as one batch: their outputs are acknowledged, "
+        "their states written and their offsets released together.",
+        (1, 4096),
+    )
+    batch_linger_ms: int = _setting(
+        20,
+        "Milliseconds a batch waits for more records once the input has none waiting (a bound "
+        "on the latency it adds; 0: never wait).",
+        (0, 1000),
+    )
     policy: str = _setting(
         "step-pc-2024", "Policy: a built-in name (step-pc-2024, early-pc) or a TOML file."
     )

@@ -5,11 +5,12 @@ How a record flows:
 1. ``build(settings)`` makes the Faust app: the three topics, the ``patients`` table (RocksDB,
    compacted changelog) holding each patient's engine state, and one agent with
    ``concurrency=1`` (faust #606: with more, a commit can pass an event still in flight).
-2. The agent hands every record to :class:`~streams.worker.pipeline.Monitor`, which decodes it
-   (or dead-letters it with its reason), runs it through the partition's
-   :class:`~streams.clinical.partition.PartitionEngine` (the same engine as ``stepcare replay``),
-   publishes the escalations and writes the changed states (at least once or exactly once: see
-   :mod:`streams.worker.pipeline`).
+2. The agent takes the records in batches (``faust_patches.take_batches``) and hands each
+   batch to :class:`~streams.worker.pipeline.Monitor`, which decodes every record (or
+   dead-letters it with its reason), runs it through its partition's
+   :class:`~streams.clinical.partition.PartitionEngine` (the same engine as ``stepcare
+   replay``), publishes the escalations and, once per batch, makes the outputs safe and writes
+   the changed states (at least once or exactly once: see :mod:`streams.worker.pipeline`).
 3. With ``clock = "wall"`` a timer appends a ``CLOCK_TICK`` with the wall time to every
    input partition this worker owns, so timers fire in order with the events, as in a replay.
 
@@ -95,18 +96,14 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
         else contextlib.nullcontext()
     )
 
+    batch_size, linger = settings.batch_size, settings.batch_linger_ms / 1000
+
     @app.agent(events, concurrency=1)
     async def monitor_patients(stream: faust.StreamT) -> None:
-        # Acknowledged by the monitor, in order, once every output of the event is.
-        async for event in stream.noack().events():
-            async with exclusive:
-                await monitor.handle(event)
-
-    if settings.processing_guarantee == "at_least_once":
-
-        @app.task
-        async def acknowledge() -> None:
-            await monitor.acknowledge_in_order()
+        # Acknowledged by the monitor, batch by batch, once the batch's outputs are safe.
+        async for batch in faust_patches.take_batches(stream, batch_size, linger):
+            async with exclusive:  # exactly_once: no transaction cuts a batch
+                await monitor.handle_batch(batch)
 
     @app.on_partitions_assigned.connect
     async def forget_engines(app: faust.App, assigned: set[TP], **kwargs: Any) -> None:

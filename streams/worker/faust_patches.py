@@ -51,6 +51,7 @@ import asyncio
 import gc
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ def apply() -> bool:
     )
     _apply_exactly_once_fixes()
     _apply_startup_fixes()
+    _apply_fetch_fix()
     setattr(Recovery, _MARK, True)
     log.debug("faustfix: seek before resuming stream partitions; fetch a copy of the active set")
     return True
@@ -415,3 +417,159 @@ def _apply_exactly_once_fixes() -> None:
     )
     Consumer.on_partitions_revoked = _on_partitions_revoked  # type: ignore[method-assign]
     Consumer.wait_empty = _bounded_wait_empty  # type: ignore[method-assign]
+
+
+# --- batches: the agent's records without faust's per-event path ------------------------------
+#
+# Read from faust 0.15.3 (``faust/streams.py`` ``Stream._py_aiter``, ``take_events``;
+# ``faust/transport/consumer.py`` ``Consumer._drain_messages``). Measured with ``make bench``
+# (docs/benchmarks.md): see there for what each of the two below pays.
+
+
+async def take_batches(stream: Any, max_events: int, linger: float) -> AsyncIterator[list[Any]]:
+    """The agent's input events in batches of at most ``max_events``, in arrival order.
+
+    A batch is every event waiting in the agent's queue, up to ``max_events``; when the queue
+    runs dry it waits at most ``linger`` seconds for more. Nothing is acknowledged here: the
+    caller acknowledges each event (``event.ack()``) once its outputs are safe.
+
+    Why not faust's own iteration: ``Stream.__aiter__`` spends per event a loop turn
+    (``sleep(0)``), sensors, a context variable and an acknowledgement of the previous event;
+    ``Stream.take_events`` acknowledges every buffered event in a ``finally`` even when the
+    body raised (at least once would lose them) and refuses table writes in its body
+    (faust-streaming #497). This reads the queue the conductor fills for the agent's stream
+    and keeps, per event, what ``Stream._py_aiter`` does that matters: an event of an older
+    consumer generation, or delivered while flow control is suspended (a rebalance), is
+    skipped and acknowledged, as faust does; every other is tracked as not yet acknowledged,
+    so that faust commits no offset past it and a stop or a rebalance waits for it.
+    """
+    app = stream.app
+    queue = stream.channel.queue
+    consumer = app.consumer
+    unacked = consumer.unacked
+    acking_topics = app.topics.acking_topics
+    flow_control = app.flow_control
+    loop = asyncio.get_running_loop()
+    while True:
+        batch: list[Any] = []
+        event = await queue.get()
+        deadline = loop.time() + linger
+        while True:
+            message = event.message
+            if not flow_control.is_active() or message.generation_id != app.consumer_generation_id:
+                event.ack()  # faust acknowledges the events it skips
+            else:
+                batch.append(event)
+            if len(batch) >= max_events:
+                break
+            if not queue.empty():
+                event = queue.get_nowait()
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                event = await asyncio.wait_for(queue.get(), remaining)
+            except TimeoutError:
+                break
+        if batch:
+            # Tracked only now: a stop while it lingers waits for no event it holds.
+            for event in batch:
+                message = event.message
+                if message.topic in acking_topics and not message.tracked:
+                    message.tracked = True
+                    unacked.add(message)
+            yield batch
+
+
+def _queue_may_block(conductor: Any, tp: Any) -> bool:
+    """Whether delivering a record of ``tp`` could wait: a queue it goes to is full, or its
+    channels are not known (then faust's own careful path is taken)."""
+    channels = conductor._tp_index.get(tp)
+    if not channels:
+        return True
+    return any(channel.queue.full() for channel in channels)
+
+
+async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
+    """``Consumer._drain_messages`` from faust 0.15.3, delivering a record with a plain await
+    when the delivery cannot wait.
+
+    faust delivers every fetched record through ``self.wait_first(callback(message),
+    self.suspend_flow.wait())`` so that a rebalance (``suspend_flow``) interrupts a delivery
+    stuck on a full agent queue. In mode that is four tasks, an ``asyncio.wait`` and three
+    cancellations per record (~27 µs here; faust-streaming #229 reports a deadlock at the same
+    call). The conductor's callback only waits when a destination queue is full
+    (``transport/conductor.py``: ``put_nowait_enhanced`` otherwise), so when the flow is not
+    suspended and no destination queue of the partition is full it is awaited directly; any
+    other record takes faust's path. The rest is faust's loop, unchanged.
+    """
+    from faust.transport.consumer import CONSUMER_FETCHING
+
+    callback = self.callback
+    getmany = self.getmany
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    suspended = self.suspend_flow.is_set
+    conductor = self.app.topics
+
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    set_flag = self.diag.set_flag
+    unset_flag = self.diag.unset_flag
+    commit_every = self._commit_every
+    acks_enabled_for = self.app.topics.acks_enabled_for
+
+    yield_every = 100
+    num_since_yield = 0
+    sleep = asyncio.sleep
+
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            set_flag(CONSUMER_FETCHING)
+            ait = getmany(timeout=1.0)
+            await self.sleep(0)
+            if not self.should_stop:
+                async for tp, message in ait:
+                    num_since_yield += 1
+                    if num_since_yield > yield_every:
+                        await sleep(0)
+                        num_since_yield = 0
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is None or offset >= r_offset:
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        if suspended() or _queue_may_block(conductor, tp):
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                        else:  # stepcare: cannot wait, so no tasks around it
+                            await callback(message)
+                        set_read_offset(tp, offset)
+                    else:
+                        self.log.dev("DROPPED MESSAGE ROFF %r", offset)
+                unset_flag(CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            self.log.info("Broker stopped consumer, shutting down...")
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            self.log.info("Consumer shutting down for user cancel.")
+            return
+        raise
+    except Exception as exc:
+        self.log.exception("Drain messages raised: %r", exc)
+        raise
+    finally:
+        unset_flag(CONSUMER_FETCHING)
+
+
+def _apply_fetch_fix() -> None:
+    from faust.transport.consumer import Consumer
+
+    Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]

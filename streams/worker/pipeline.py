@@ -1,13 +1,22 @@
-"""The per-record pipeline: :class:`Monitor` applies each input record to its partition's engine
-and publishes what it decides.
+"""The batched pipeline: :class:`Monitor` applies each batch of input records to its partitions'
+engines and publishes what they decide.
 
-At least once: escalations are acknowledged by the broker *before* the states that remember
-them are written to the table and the event's offset can be committed, so a crash can repeat an
-escalation (same id) but never lose one. The agent does not wait for those acks: it handles the
-next events while :meth:`Monitor.acknowledge_in_order` writes states and acknowledges events in
-input order as the acks arrive. Exactly once: Faust's transactions make output, state and
-offsets one atomic step (with the fixes in ``streams/worker/faust_patches.py``, and every output
-sent in its input partition's transaction).
+A batch (``streams.worker.faust_patches.take_batches``: the records waiting, at most
+``STEPCARE_BATCH_SIZE``, lingering ``STEPCARE_BATCH_LINGER_MS`` for more) is handled in input
+order, one record after another, each patient's state read once (then from memory). Its outputs
+are sent as they are decided; then, once for the whole batch:
+
+- at least once: every escalation and dead letter is acknowledged by the broker (failures are
+  sent again) *before* the states that remember them are written to the table and before the
+  records are acknowledged (which lets faust commit their offsets), so a crash can repeat an
+  escalation (same id) but never lose one;
+- exactly once: the batch runs under the app's commit lock, so its outputs (sent in the
+  transaction of their input partition), its table writes and its offsets are in one
+  transaction, which never cuts a batch (``streams/worker/faust_patches.py``).
+
+Each touched patient's state is written once per batch (one changelog record). A rebalance
+during a batch drops the rest of it: nothing more is written or acknowledged, and its records
+are delivered again.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import logging
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -32,21 +41,37 @@ from streams.formats.avro import CodecError, cloudevent_headers, decode_event, e
 from streams.kafka.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, error_headers
 from streams.kafka.settings import Settings
 from streams.worker.metrics import DEAD_LETTERED, EVENT_TYPES, Census, WorkerMetrics
-from streams.worker.states import _CLOCK_KEY, BufferedStates, Staged, _partition_states
+from streams.worker.states import _CLOCK_KEY, BufferedStates, _partition_states
 
 log = logging.getLogger("stepcare.worker")
 
 CLOCK_SAVE = 3_600_000  # ms of event time between saves of a partition's clock
 FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now are refused
-# at_least_once: events handled while earlier ones still wait for their outputs' acks (a bound
-# on memory and on the work a crash repeats), and the pause before outputs the broker failed
-# (after the producer's own retries) are sent again.
-MAX_IN_FLIGHT = 1000
-RESEND_PAUSE = 1.0  # seconds
+RESEND_PAUSE = 1.0  # seconds before outputs the broker failed (after its own retries) go again
+
+
+@dataclass
+class Output:
+    """A record sent for an input event, kept until the broker has it (at_least_once)."""
+
+    topic: str
+    record: tuple[Any, ...]  # (key, value, partition, timestamp, headers): to send it again
+    ack: Any  # the future of its acknowledgement
+    source: tuple[int, int]  # the input record's (partition, offset), for the log
+
+
+@dataclass
+class Batch:
+    """The records handled since the last flush, and what they sent."""
+
+    events: list[Any] = field(default_factory=list)  # faust Events, in input order
+    outputs: list[Output] = field(default_factory=list)
+    last_event: dict[int, Any] = field(default_factory=dict)  # partition -> its last Event
 
 
 class Monitor:
-    """Applies each input record to its partition's engine and publishes what it decides."""
+    """Applies each batch of input records to its partitions' engines and publishes what they
+    decide."""
 
     def __init__(
         self,
@@ -61,8 +86,8 @@ class Monitor:
         self.settings = settings
         self.policy = policy
         self.table = table
-        self.escalations = escalations
-        self.dead_letters = dead_letters
+        self.escalations = escalations.get_topic_name()
+        self.dead_letters = dead_letters.get_topic_name()
         self.wait_for_acks = settings.processing_guarantee == "at_least_once"
         self.live = settings.clock == "wall"
         # ms; 0: no limit. Live only: a replay (clock=event) processes history of any age.
@@ -71,82 +96,99 @@ class Monitor:
         self.latest_event = 0  # ms
         self.saved_clock: dict[int, int] = {}  # partition -> the clock last written to the table
         self.states: dict[int, BufferedStates] = {}
-        self.outputs: list[Output] = []  # sent for the event being handled
-        # at_least_once: handled events waiting for their outputs' acks, in input order.
-        self.in_flight: asyncio.Queue[InFlight] = asyncio.Queue(MAX_IN_FLIGHT)
+        self.batch = Batch()
         self.generation = 0  # of the partition assignment: bumped by every rebalance
 
     def reset(self) -> None:
         """Forget in-memory engines; they are rebuilt from the (recovered) table on next use."""
-        self.generation += 1  # events still in flight from before are redelivered, not written
+        self.generation += 1  # records of the batch being handled are delivered again
         self.engines.clear()
         self.states.clear()
+        self.batch = Batch()
         self.metrics.forget_partitions()
 
-    async def handle(self, event: Any) -> None:
-        """Handle one input record; acknowledge it once its outputs are safe.
+    async def handle_batch(self, events: list[Any]) -> None:
+        """Handle a batch of input records, then make it safe (:meth:`flush`).
 
-        The acknowledgement lets faust commit the record's offset. exactly_once: at once, as
-        the transaction holds the outputs, the states and the offset. at_least_once: the
-        states are written (so the changelog remembers the escalations) and the record is
-        acknowledged only when the broker has every output the record caused, in input order,
-        by :meth:`acknowledge_in_order`; meanwhile the next records are handled, reading the
-        states not yet written from memory.
+        A record is acknowledged (faust may then commit its offset) only with its batch:
+        exactly_once at once, as the transaction holds the outputs, the states and the
+        offsets; at_least_once once the broker has every output of the batch and its states
+        are written. A rebalance meanwhile drops the rest of the batch, unacknowledged.
         """
-        self.outputs = []
-        staged = await self._process(event.message)
-        if not self.wait_for_acks:
-            if staged is not None:
-                staged.write()
-            event.ack()
+        generation = self.generation
+        batch = self.batch
+        for event in events:
+            await self._process(event.message)
+            if self.generation != generation:
+                return  # partitions reassigned: the records are delivered again
+            batch = self.batch  # a new one if _process flushed the one before
+            batch.events.append(event)
+            batch.last_event[event.message.partition] = event
+        self.metrics.last_processed.set(time.time())
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Make the records handled so far safe, then acknowledge them, in input order."""
+        batch, self.batch = self.batch, Batch()
+        generation = self.generation
+        if batch.outputs:
+            await self._until_acked(batch.outputs)
+        if self.generation != generation:
             return
-        await self.in_flight.put(InFlight(event, self.generation, self.outputs, staged))
+        for partition, event in batch.last_event.items():
+            states = self.states.get(partition)
+            if states is not None:
+                with _as_current(event):  # faust takes the changelog partition from it
+                    states.write()
+        self.metrics.publish_census()
+        for event in batch.events:
+            event.ack()
 
-    async def acknowledge_in_order(self) -> None:
-        """at_least_once: write the states, then acknowledge, of each event once acked."""
-        while True:
-            item = await self.in_flight.get()
-            try:
-                if item.generation != self.generation:
-                    continue  # partitions reassigned since: the event is delivered again
-                await self._until_acked(item)
-                if item.generation != self.generation:
-                    continue
-                if item.staged is not None:
-                    with _as_current(item.event):  # faust takes the partition from it
-                        item.staged.write()
-                item.event.ack()
-            finally:
-                self.in_flight.task_done()
+    async def settle(self) -> None:
+        """Until every record handled so far is safe (its states in the table)."""
+        if self.batch.events:
+            await self.flush()
 
-    async def _until_acked(self, item: InFlight) -> None:
-        """Wait for the broker's acks of an event's outputs; send again what it failed."""
-        while item.outputs:
-            results = await asyncio.gather(*(out.ack for out in item.outputs),
-                                           return_exceptions=True)  # fmt: skip
-            failed = [out for out, result in zip(item.outputs, results, strict=True)
+    async def _until_acked(self, outputs: list[Output]) -> None:
+        """Wait for the broker's acks of a batch's outputs; send again what it failed.
+
+        exactly_once: only dead letters are waited for here (escalations are held by the
+        transaction); a refused one stops the worker with the batch unacknowledged.
+        """
+        while outputs:
+            results = await asyncio.gather(*(out.ack for out in outputs), return_exceptions=True)
+            failed = [out for out, result in zip(outputs, results, strict=True)
                       if isinstance(result, BaseException)]  # fmt: skip
             if not failed:
                 return
             if any(isinstance(result, asyncio.CancelledError) for result in results):
                 raise asyncio.CancelledError  # the producer is stopping: so is the worker
-            message = item.event.message
-            log.error("%d outputs of partition %d offset %d not acknowledged (%s): sending "
-                      "them again", len(failed), message.partition, message.offset,
-                      next(r for r in results if isinstance(r, BaseException)))  # fmt: skip
+            error = next(r for r in results if isinstance(r, BaseException))
+            partition, offset = failed[0].source
+            if not self.wait_for_acks:
+                # The transaction would still commit the batch's offsets without the record
+                # (seen with a dead letter the topic refused): stop the worker instead, with
+                # the batch not acknowledged; the next start handles it again.
+                log.critical(
+                    "partition %d offset %d: the broker refused its %s record (%s): the worker "
+                    "stops so that the event is not committed without it",
+                    partition, offset, failed[0].topic, error,
+                )  # fmt: skip
+                app = self.table.app
+                await app.crash(error)
+                raise error
+            log.error("%d outputs of the batch not acknowledged (first: partition %d offset "
+                      "%d: %s): sending them again", len(failed), partition, offset,
+                      error)  # fmt: skip
             await asyncio.sleep(RESEND_PAUSE)
+            producer = self.table.app.producer
             for out in failed:
-                out.ack = await out.topic.send(**out.record)
+                out.ack = await producer.send(out.topic, *out.record)
+            outputs = failed
 
-    async def settle(self) -> None:
-        """Until every handled event's states are in the table (at_least_once)."""
-        if self.wait_for_acks:
-            await self.in_flight.join()
-
-    async def _process(self, message: Any) -> Staged | None:
-        """Decode, apply and publish one record; the table writes it makes, staged."""
+    async def _process(self, message: Any) -> None:
+        """Decode, apply and publish one record; the states it changes, staged for the batch."""
         metrics = self.metrics
-        metrics.last_processed.set(time.time())
         try:
             obj = decode_event(message.value)
         except CodecError as exc:
@@ -188,7 +230,10 @@ class Monitor:
         partition = message.partition
         engine = self.engines.get(partition)
         if engine is None:
+            generation = self.generation
             await self.settle()  # the engine is rebuilt from the table: it must be complete
+            if self.generation != generation:
+                return  # partitions reassigned meanwhile: the record is delivered again
             engine = self._load_engine(partition)
         states = self.states[partition]
         try:
@@ -213,93 +258,72 @@ class Monitor:
                 detail = f"escalations not published: {type(exc).__name__}: {exc}"
                 await self.dead_letter(message, kind, "processing-error", detail)
                 return
-        staged = states.stage(metrics.census(partition))
-        metrics.publish_census()
+        states.stage(metrics.census(partition))
         if (
             engine.clock is not None
             and engine.clock >= self.saved_clock.get(partition, 0) + CLOCK_SAVE
         ):
             # The clock is also implied by the states (fired timers are recorded in them), so
             # saving it now and then is enough, and spares a changelog record per event.
-            staged.raw[_CLOCK_KEY % partition] = engine.clock.to_bytes(8, "big", signed=True)
+            states.raw[_CLOCK_KEY % partition] = engine.clock.to_bytes(8, "big", signed=True)
             self.saved_clock[partition] = engine.clock
         for suppressed in processed.suppressed:
             metrics.count(metrics.suppressed, str(suppressed))
         if event.type is EventType.CLOCK_TICK:
             metrics.ticks.inc()
-            return staged
+            return
         metrics.count(metrics.events, kind, str(processed.outcome))
         metrics.event_lag.observe(max(0.0, time.time() - event.occurred_at / 1000))
         if event.occurred_at > self.latest_event:  # event-time progress never goes back
             self.latest_event = event.occurred_at
             metrics.last_event.set(event.occurred_at / 1000)
-        return staged
 
     async def publish(self, escalations: tuple[Escalation, ...], message: Any) -> None:
+        now_ms = time.time_ns() // 1_000_000
         for escalation in escalations:
             await self._send(
                 self.escalations,
                 message,
-                key=escalation.patient_id.encode(),
-                value=encode_escalation(escalation.to_json()),
-                headers=cloudevent_headers(escalation),
+                escalation.patient_id.encode(),
+                encode_escalation(escalation.to_json()),
+                cloudevent_headers(escalation),
                 # The broker refuses a timestamp over an hour ahead of its clock (Kafka 4:
                 # log.message.timestamp.after.max.ms): never later than now. ce_time keeps
                 # the escalation's own time.
-                timestamp=max(0, min(escalation.occurred_at, time.time_ns() // 1_000_000)) / 1000,
+                max(0, min(escalation.occurred_at, now_ms)) / 1000,
             )
             self.metrics.count(self.metrics.escalations, str(escalation.kind))
 
     async def _send(
         self,
-        topic: faust.TopicT,
+        topic: str,
         message: Any,
-        *,
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, bytes]],
         timestamp: float | None = None,
+        *,
         confirm: bool = False,
     ) -> None:
-        """Send a record caused by ``message``.
+        """Send a record caused by ``message``; the batch waits for its ack if need be.
 
-        at_least_once: remembered in :attr:`outputs`, so that the event is acknowledged only
-        once the broker has it. exactly_once: in the transaction of ``message``'s input
-        partition, the one that commits its offset and its table writes. (faust's
-        ``topic.send`` would pick the transaction of the *destination* partition, which this
-        worker does not consume: no transaction at all, so a crash would repeat the record.)
-        With ``confirm`` (dead letters, exactly_once), it waits for the broker's ack and stops
-        the worker if the broker refused the record.
+        at_least_once: every output is waited for (:meth:`flush`). exactly_once: sent in the
+        transaction of ``message``'s input partition, the one that commits its offset and its
+        table writes (faust's ``topic.send`` would pick the transaction of the *destination*
+        partition, which this worker does not consume: no transaction at all, so a crash
+        would repeat the record); only a ``confirm`` output (a dead letter) is waited for.
         """
-        if self.wait_for_acks:
-            record = {"key": key, "value": value, "headers": headers, "timestamp": timestamp}
-            self.outputs.append(Output(topic, record, await topic.send(**record)))
-            return
         app = self.table.app
-        group = app.assignor.group_for_topic(message.topic)
-        ack = await app.producer.send(
-            topic.get_topic_name(),
-            key,
-            value,
-            None,
-            timestamp,
-            headers,
-            transactional_id=f"{app.conf.id}-{group}-{message.partition}",
-        )
-        if confirm:
-            try:
-                await ack
-            except Exception as exc:
-                # The transaction would still commit the event's offset without the record
-                # (seen with a dead letter the topic refused): stop the worker instead, with
-                # the event not acknowledged; the next start handles it again.
-                log.critical(
-                    "partition %d offset %d: the broker refused its %s record (%s): the worker "
-                    "stops so that the event is not committed without it",
-                    message.partition, message.offset, topic.get_topic_name(), exc,
-                )  # fmt: skip
-                await app.crash(exc)
-                raise
+        record = (key, value, None, timestamp, headers)
+        if self.wait_for_acks:
+            ack = await app.producer.send(topic, *record)
+        else:
+            group = app.assignor.group_for_topic(message.topic)
+            transaction = f"{app.conf.id}-{group}-{message.partition}"
+            ack = await app.producer.send(topic, *record, transactional_id=transaction)
+            if not confirm:
+                return
+        self.batch.outputs.append(Output(topic, record, ack, (message.partition, message.offset)))
 
     async def dead_letter(self, message: Any, kind: str, reason: str, detail: str) -> None:
         headers = message.headers or []
@@ -315,9 +339,7 @@ class Monitor:
         log.warning(
             "dead letter: %s (partition %d offset %d)", reason, message.partition, message.offset
         )
-        await self._send(
-            self.dead_letters, message, key=key, value=value, headers=headers, confirm=True
-        )
+        await self._send(self.dead_letters, message, key, value, headers, confirm=True)
         self.metrics.count(self.metrics.events, kind, DEAD_LETTERED)
         self.metrics.count(self.metrics.dead_letters, reason)
 
@@ -346,25 +368,6 @@ class Monitor:
             time.monotonic() - started,
         )
         return engine
-
-
-@dataclass
-class Output:
-    """A record sent for an input event (at_least_once), kept until the broker has it."""
-
-    topic: faust.TopicT
-    record: dict[str, Any]  # Topic.send's arguments: to send it again if the broker failed it
-    ack: Any  # the future of its acknowledgement
-
-
-@dataclass
-class InFlight:
-    """A handled event whose outputs are not all acknowledged yet (at_least_once)."""
-
-    event: Any  # faust's Event
-    generation: int  # Monitor.generation when it was handled
-    outputs: list[Output]
-    staged: Staged | None  # the table writes it made, held until the outputs are acked
 
 
 @contextlib.contextmanager

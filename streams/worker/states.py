@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -22,43 +21,29 @@ TABLE = WORKER_TABLE
 _CLOCK_KEY = b"\x00clock/%d"
 
 
-@dataclass
-class Staged:
-    """One event's table writes: the states it changed (and its partition's clock)."""
-
-    owner: BufferedStates
-    seq: int
-    states: dict[str, PatientState]
-    raw: dict[bytes, bytes] = field(default_factory=dict)  # reserved keys (the clock)
-
-    def write(self) -> None:
-        """Into the table (and so its changelog); then they are read from there."""
-        self.owner.write(self)
-
-
 class BufferedStates(MutableMapping[str, PatientState]):
     """The table as the engine sees it: decoded states, writes held until they are safe.
 
-    An event's changes stay in :attr:`pending` while it is processed, then are staged
-    (:meth:`stage`) and written to the table when the event's outputs are acknowledged
-    (:meth:`write`). Staged states not yet written are read from :attr:`unwritten`, so the
-    next events of a patient see them.
+    A record's changes stay in :attr:`pending` while it is processed; :meth:`stage` then makes
+    them part of the batch (:attr:`batch`, read by the batch's next records), and :meth:`write`
+    puts the batch's states in the table once its outputs are safe: each patient's state once
+    per batch, however many of its records the batch held.
     """
 
     def __init__(self, table: faust.Table) -> None:
         self.table = table
         self.pending: dict[str, PatientState] = {}
         self.before: dict[str, PatientState | None] = {}  # for the census of the metrics
-        self.unwritten: dict[str, tuple[int, PatientState]] = {}  # id -> (seq, state)
-        self.seq = 0
+        self.batch: dict[str, PatientState] = {}  # staged, not yet in the table
+        self.raw: dict[bytes, bytes] = {}  # reserved keys (the partition's clock) to write
 
     def __getitem__(self, patient_id: str) -> PatientState:
         state = self.pending.get(patient_id)
         if state is not None:
             return state
-        staged = self.unwritten.get(patient_id)
-        if staged is not None:
-            return staged[1]
+        state = self.batch.get(patient_id)
+        if state is not None:
+            return state
         data = self.table.get(patient_id.encode())
         if data is None:
             raise KeyError(patient_id)
@@ -84,27 +69,25 @@ class BufferedStates(MutableMapping[str, PatientState]):
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def stage(self, census: Census) -> Staged:
-        """The event's changes, to be written; from now on the state of its patients."""
-        self.seq += 1
+    def stage(self, census: Census) -> None:
+        """The record's changes, part of the batch: from now on the state of its patients."""
         for patient_id, state in self.pending.items():
             census.change(self.before[patient_id], state)
-            self.unwritten[patient_id] = (self.seq, state)
-        staged = Staged(self, self.seq, dict(self.pending))
+        self.batch.update(self.pending)
         self.discard()
-        return staged
 
-    def write(self, staged: Staged) -> None:
-        """Write staged changes to the table (and so to its changelog)."""
+    def write(self) -> None:
+        """Write the batch's states to the table (and so to its changelog)."""
         table = self.table
-        for patient_id, state in staged.states.items():
+        for patient_id, state in self.batch.items():
             table[patient_id.encode()] = encode_state(state)
-            if self.unwritten[patient_id][0] == staged.seq:  # no later event changed it since
-                del self.unwritten[patient_id]
-        for key, value in staged.raw.items():
+        for key, value in self.raw.items():
             table[key] = value
+        self.batch.clear()
+        self.raw.clear()
 
     def discard(self) -> None:
+        """Forget the changes of the record being processed (not staged)."""
         self.pending.clear()
         self.before.clear()
 

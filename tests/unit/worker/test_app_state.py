@@ -1,8 +1,9 @@
 """The worker's state handling: local tables survive only a clean stop (else they come back
-from the changelog); at least once, states are written and events acknowledged only once the
-broker has their outputs, in input order."""
+from the changelog); at least once, a batch's states are written and its records acknowledged
+only once the broker has every output of the batch, in input order."""
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,11 +12,12 @@ from prometheus_client import CollectorRegistry
 
 from streams.clinical.engine import PatientState
 from streams.clinical.policy import resolve_policy
+from streams.formats.avro import encode_event
 from streams.formats.state import decode_state
 from streams.kafka.settings import Settings
 from streams.worker import pipeline
 from streams.worker.metrics import Census, WorkerMetrics
-from streams.worker.pipeline import InFlight, Monitor
+from streams.worker.pipeline import Monitor
 from streams.worker.runner import CLEAN_STOP, forget_unclean_state
 from streams.worker.states import BufferedStates
 
@@ -40,14 +42,33 @@ def test_a_new_data_dir_has_nothing_to_drop(tmp_path: Path) -> None:
     assert forget_unclean_state(tmp_path) is False
 
 
-# --- at least once: states are written, and events acknowledged, once their outputs are acked
+# --- at least once: a batch's states are written, and its records acknowledged, only once the
+# broker has every output of the batch
+
+
+def enrolled(patient: str, day: int) -> bytes:
+    return encode_event(
+        {
+            "event_id": f"e-{patient}-{day}",
+            "patient_id": patient,
+            "type": "ENROLLED",
+            "occurred_at": f"2024-01-{day:02d}T09:00:00Z",
+        }
+    )
 
 
 class FakeEvent:
-    """What the monitor uses of a faust Event: its message's place, and ack()."""
+    """What the monitor uses of a faust Event: its message, and ack()."""
 
-    def __init__(self, offset: int, acked: list[int]) -> None:
-        self.message = SimpleNamespace(topic="events", partition=0, offset=offset)
+    def __init__(self, offset: int, acked: list[int], patient: str = "p1", day: int = 1) -> None:
+        self.message = SimpleNamespace(
+            topic="events",
+            partition=0,
+            offset=offset,
+            key=patient.encode(),
+            value=enrolled(patient, day),
+            headers=[],
+        )
         self._acked = acked
 
     def ack(self) -> bool:
@@ -55,123 +76,154 @@ class FakeEvent:
         return True
 
 
-class FakeTopic:
-    """Topic.send's shape: the future of the broker's ack, which the test settles."""
+class FakeProducer:
+    """Producer.send's shape: the future of the broker's ack, which the test settles."""
 
     def __init__(self) -> None:
         self.acks: list[asyncio.Future[None]] = []
+        self.sent: list[tuple[str, bytes | None]] = []
 
-    async def send(self, **record: object) -> asyncio.Future[None]:
+    async def send(self, topic: str, key: bytes | None, *record: object,
+                   **kwargs: object) -> asyncio.Future[None]:  # fmt: skip
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.acks.append(ack)
+        self.sent.append((topic, key))
         return ack
 
 
-def monitor(table: dict[bytes, bytes]) -> Monitor:
+class FakeTable(dict[bytes, bytes]):
+    """The table's mapping, and its app's producer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.app = SimpleNamespace(producer=FakeProducer())
+        self.data = SimpleNamespace(data=self)  # faust's memory store: its dict
+
+
+def monitor(table: FakeTable) -> Monitor:
     policy = resolve_policy(None)
     metrics = WorkerMetrics(CollectorRegistry(), policy)
-    return Monitor(Settings(), policy, table, None, None, metrics)  # type: ignore[arg-type]
-
-
-async def hand_over(watcher: Monitor, event: FakeEvent, staged: object) -> None:
-    """What Monitor.handle does at least once after processing an event."""
-    await watcher.in_flight.put(InFlight(event, watcher.generation, watcher.outputs, staged))
+    topics = [SimpleNamespace(get_topic_name=lambda name=name: name) for name in ("esc", "dlq")]
+    return Monitor(Settings(clock="event"), policy, table, *topics, metrics)  # type: ignore[arg-type]
 
 
 def step(care_step: int) -> PatientState:
     return PatientState(care_step=care_step, enrolled_at=0)
 
 
-def test_a_staged_state_is_read_before_it_is_written_and_a_later_one_is_not_overwritten() -> None:
-    table: dict[bytes, bytes] = {}
+def test_a_batch_state_is_read_by_the_next_record_and_written_once() -> None:
+    table = FakeTable()
     states = BufferedStates(table)  # type: ignore[arg-type]
     states["p1"] = step(1)
-    first = states.stage(Census())
-    assert states["p1"] == step(1) and table == {}  # the next event of p1 sees its step
+    states.stage(Census())
+    assert states["p1"] == step(1) and table == {}  # the next record of p1 sees its step
     states["p1"] = step(2)
-    second = states.stage(Census())
-    first.write()
-    assert decode_state(table[b"p1"]) == step(1)
-    assert states["p1"] == step(2)  # still the later, unwritten one
-    second.write()
-    assert decode_state(table[b"p1"]) == step(2) and states.unwritten == {}
+    states.stage(Census())
+    states["p2"] = step(1)
+    states.discard()  # a record that failed: its change is forgotten
+    states.write()
+    assert {k: decode_state(v) for k, v in table.items()} == {b"p1": step(2)}
+    assert states.batch == {} and states["p1"] == step(2)
 
 
-def test_events_are_acknowledged_in_input_order_once_their_outputs_are_acked() -> None:
-    async def scenario() -> tuple[list[int], list[list[int]]]:
-        table: dict[bytes, bytes] = {}
+async def until(condition: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never held")
+
+
+def test_a_batch_is_acknowledged_in_input_order_once_every_output_is_acked() -> None:
+    async def scenario() -> tuple[list[int], list[object]]:
+        table = FakeTable()
+        producer = table.app.producer
         watcher = monitor(table)
-        topic, acked, seen = FakeTopic(), [], []
-        acker = asyncio.ensure_future(watcher.acknowledge_in_order())
-        states = BufferedStates(table)  # type: ignore[arg-type]
-        for offset, patient in ((1, "p1"), (2, "p2")):
-            event = FakeEvent(offset, acked)
-            watcher.outputs = []
-            await watcher._send(topic, event.message, key=b"k", value=b"v", headers=[])
-            states[patient] = step(1)
-            staged = states.stage(Census())
-            await watcher.in_flight.put(
-                InFlight(event, watcher.generation, watcher.outputs, staged)
-            )
+        acked: list[int] = []
+        seen: list[object] = []
+        events = [FakeEvent(1, acked, "p1"), FakeEvent(2, acked, "p2")]
+        handling = asyncio.ensure_future(watcher.handle_batch(events))
+        await until(lambda: len(producer.acks) == 2)  # one ENROLLED escalation each
+        seen.append([topic for topic, _ in producer.sent])
+        producer.acks[1].set_result(None)  # the second record's escalation first
         await asyncio.sleep(0.01)
-        seen.append(list(acked))  # nothing acked by the broker yet
-        topic.acks[1].set_result(None)  # the second event's escalation first
-        await asyncio.sleep(0.01)
-        seen.append(list(acked))
-        assert table == {}  # neither state written: the first event still waits
-        topic.acks[0].set_result(None)
-        await watcher.settle()
-        acker.cancel()
-        return acked, [*seen, sorted(key.decode() for key in table)]
+        seen.append((list(acked), dict(table)))  # nothing written, nothing acknowledged
+        producer.acks[0].set_result(None)
+        await handling
+        return acked, [*seen, sorted(key for key in table if not key.startswith(b"\0"))]
 
     acked, seen = asyncio.run(scenario())
-    assert seen == [[], [], ["p1", "p2"]]
+    assert seen == [["esc", "esc"], ([], {}), [b"p1", b"p2"]]
     assert acked == [1, 2]
 
 
-def test_an_output_the_broker_failed_is_sent_again_before_the_event_is_acknowledged(
+def test_an_output_the_broker_failed_is_sent_again_before_the_batch_is_acknowledged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(pipeline, "RESEND_PAUSE", 0.0)
 
     async def scenario() -> tuple[list[int], int]:
-        watcher = monitor({})
-        topic, acked = FakeTopic(), []
-        acker = asyncio.ensure_future(watcher.acknowledge_in_order())
-        event = FakeEvent(7, acked)
-        watcher.outputs = []
-        await watcher._send(topic, event.message, key=b"k", value=b"v", headers=[])
-        await hand_over(watcher, event, None)
-        topic.acks[0].set_exception(TimeoutError("no broker"))
-        while len(topic.acks) < 2:
-            await asyncio.sleep(0.001)
-        assert acked == []
-        topic.acks[1].set_result(None)
-        await watcher.settle()
-        acker.cancel()
-        return acked, len(topic.acks)
+        table = FakeTable()
+        producer = table.app.producer
+        watcher = monitor(table)
+        acked: list[int] = []
+        handling = asyncio.ensure_future(watcher.handle_batch([FakeEvent(7, acked)]))
+        await until(lambda: len(producer.acks) == 1)
+        producer.acks[0].set_exception(TimeoutError("no broker"))
+        await until(lambda: len(producer.acks) == 2)
+        assert acked == [] and b"p1" not in table
+        producer.acks[1].set_result(None)
+        await handling
+        return acked, len(producer.acks)
 
     assert asyncio.run(scenario()) == ([7], 2)
 
 
-def test_an_event_in_flight_across_a_rebalance_is_neither_written_nor_acknowledged() -> None:
-    async def scenario() -> tuple[list[int], dict[bytes, bytes]]:
-        table: dict[bytes, bytes] = {}
+def test_a_batch_in_flight_across_a_rebalance_is_neither_written_nor_acknowledged() -> None:
+    async def scenario() -> tuple[list[int], FakeTable]:
+        table = FakeTable()
+        producer = table.app.producer
         watcher = monitor(table)
-        topic, acked = FakeTopic(), []
-        acker = asyncio.ensure_future(watcher.acknowledge_in_order())
-        states = BufferedStates(table)  # type: ignore[arg-type]
-        event = FakeEvent(3, acked)
-        watcher.outputs = []
-        await watcher._send(topic, event.message, key=b"k", value=b"v", headers=[])
-        states["p1"] = step(1)
-        staged = states.stage(Census())
-        await hand_over(watcher, event, staged)
-        await asyncio.sleep(0.01)
+        acked: list[int] = []
+        handling = asyncio.ensure_future(watcher.handle_batch([FakeEvent(3, acked)]))
+        await until(lambda: len(producer.acks) == 1)
         watcher.reset()  # partitions reassigned: faust redelivers from the committed offset
-        topic.acks[0].set_result(None)
-        await watcher.settle()
-        acker.cancel()
+        producer.acks[0].set_result(None)
+        await handling
         return acked, table
 
     assert asyncio.run(scenario()) == ([], {})
+
+
+def test_a_batch_writes_each_patient_once_with_its_last_state() -> None:
+    async def scenario() -> dict[bytes, PatientState]:
+        table = FakeTable()
+        producer = table.app.producer
+        watcher = monitor(table)
+        acked: list[int] = []
+        # Enrolled, then enrolled again a day later (a duplicate enrolment: no new state).
+        events = [FakeEvent(1, acked, "p1", 1), FakeEvent(2, acked, "p2", 1),
+                  FakeEvent(3, acked, "p1", 2)]  # fmt: skip
+        writes: list[bytes] = []
+        original = FakeTable.__setitem__
+
+        def record(self: FakeTable, key: bytes, value: bytes) -> None:
+            writes.append(key)
+            original(self, key, value)
+
+        FakeTable.__setitem__ = record  # type: ignore[method-assign]
+        try:
+            handling = asyncio.ensure_future(watcher.handle_batch(events))
+            await until(lambda: len(producer.acks) == 2)
+            for ack in producer.acks:
+                ack.set_result(None)
+            await handling
+        finally:
+            FakeTable.__setitem__ = original  # type: ignore[method-assign]
+        assert acked == [1, 2, 3]
+        # Each patient once, however many records; and the partition's clock (first save).
+        assert sorted(writes) == [b"\0clock/0", b"p1", b"p2"]
+        return {k: decode_state(v) for k, v in table.items() if not k.startswith(b"\0")}
+
+    states = asyncio.run(scenario())
+    assert states[b"p1"].care_step == states[b"p2"].care_step == 1
