@@ -504,34 +504,43 @@ def enrollment_log(patients: int, seed: int, start_ms: int, prefix: str = "r") -
 
 
 class _RecordingTable:
-    """What ``streams.worker.pipeline.Monitor`` needs of faust's table, recording every write (which
-    faust sends to the changelog partition of the record being processed)."""
+    """What ``streams.worker.pipeline.Monitor`` needs of faust's table, recording every write in
+    the changelog partition faust would send it to (the partition of the current event)."""
 
     def __init__(self) -> None:
+        from types import SimpleNamespace
+
         self.values: dict[bytes, bytes] = {}
-        self.partition = 0
         self.writes: dict[int, list[tuple[bytes, bytes]]] = {}
         self.data = _EmptyStore()  # a fresh worker: no states stored for any partition yet
+        self.app = SimpleNamespace(producer=_AckingProducer())
+
+    @staticmethod
+    def _partition() -> int:
+        from faust.streams import current_event
+
+        return current_event().message.partition  # type: ignore[union-attr, no-any-return]
 
     def get(self, key: bytes, default: Any = None) -> Any:
-        return self.values.get(key, default)
+        return self.values.get(self._partition().to_bytes(4, "big") + key, default)
 
     def __getitem__(self, key: bytes) -> bytes:
-        return self.values[key]
+        return self.values[self._partition().to_bytes(4, "big") + key]
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.values[key] = value
-        self.writes.setdefault(self.partition, []).append((key, value))
+        partition = self._partition()  # faust's: one RocksDB per partition
+        self.values[partition.to_bytes(4, "big") + key] = value
+        self.writes.setdefault(partition, []).append((key, value))
 
 
 class _EmptyStore:
     data: dict[bytes, bytes] = {}  # noqa: RUF012 (never written)
 
 
-class _AckedTopic:
-    """A topic whose sends the broker acknowledges at once."""
+class _AckingProducer:
+    """A producer whose sends the broker acknowledges at once."""
 
-    async def send(self, **kwargs: Any) -> Any:
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
         import asyncio
 
         future = asyncio.get_running_loop().create_future()
@@ -539,13 +548,24 @@ class _AckedTopic:
         return future
 
 
+class _Event:
+    """What the monitor uses of a faust Event."""
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+    def ack(self) -> bool:
+        return True
+
+
 def worker_changelog(
     log: EncodedLog, partitions: list[int]
 ) -> dict[int, list[tuple[bytes, bytes]]]:
     """The records a worker writes to its table's changelog for ``log`` (published to
-    ``partitions``), per partition and in order: the worker's own ``Monitor._process``
-    (``streams.worker.pipeline``: engine, ``BufferedStates``, clock saves) runs in this process
-    over the records, with a table that records its writes and topics that acknowledge at once."""
+    ``partitions``), per partition and in order: the worker's own ``Monitor.handle_batch``
+    (``streams.worker.pipeline``: engine, ``BufferedStates``, clock saves, one write per patient
+    per batch) runs in this process over batches of ``STEPCARE_BATCH_SIZE`` records, with a
+    table that records its writes and a producer that is acknowledged at once."""
     import asyncio
     from types import SimpleNamespace
 
@@ -559,22 +579,25 @@ def worker_changelog(
     settings = Settings.from_env({"STEPCARE_CLOCK": "event"})
     policy = resolve_policy(settings.policy)
     table = _RecordingTable()
+    topics = [SimpleNamespace(get_topic_name=lambda name=name: name) for name in ("esc", "dlq")]
     monitor = Monitor(
-        settings, policy, table, _AckedTopic(), _AckedTopic(),  # type: ignore[arg-type]
+        settings, policy, table, *topics,  # type: ignore[arg-type]
         WorkerMetrics(CollectorRegistry(), policy),
     )  # fmt: skip
 
     async def drive() -> None:
+        batch: list[_Event] = []
         for offset, ((key, value, _), partition) in enumerate(
             zip(log.records, partitions, strict=True)
         ):
-            table.partition = partition
             message = SimpleNamespace(key=key, value=value, partition=partition, offset=offset,
                                       topic="input", headers=[])  # fmt: skip
-            monitor.outputs = []
-            staged = await monitor._process(message)  # handle() without faust's event and acks
-            if staged is not None:
-                staged.write()  # at once: the topics acknowledge at once
+            batch.append(_Event(message))
+            if len(batch) == settings.batch_size:
+                await monitor.handle_batch(batch)
+                batch = []
+        if batch:
+            await monitor.handle_batch(batch)
 
     asyncio.run(drive())
     return table.writes

@@ -452,7 +452,10 @@ async def take_batches(stream: Any, max_events: int, linger: float) -> AsyncIter
     loop = asyncio.get_running_loop()
     while True:
         batch: list[Any] = []
-        event = await queue.get()
+        try:
+            event = await queue.get()
+        except StopAsyncIteration:  # faust ends the channel's iteration: the worker stops
+            return
         deadline = loop.time() + linger
         while True:
             message = event.message
@@ -472,6 +475,8 @@ async def take_batches(stream: Any, max_events: int, linger: float) -> AsyncIter
                 event = await asyncio.wait_for(queue.get(), remaining)
             except TimeoutError:
                 break
+            except StopAsyncIteration:
+                return  # the worker stops: the batch is delivered again to the next one
         if batch:
             # Tracked only now: a stop while it lingers waits for no event it holds.
             for event in batch:

@@ -117,7 +117,11 @@ class Monitor:
         """
         generation = self.generation
         batch = self.batch
+        set_current = faust_streams._current_event.set
         for event in events:
+            # faust's table reads take the partition from the current event: this record's
+            # (without it, RocksDB is searched across partitions for the key).
+            set_current(weakref.ref(event))
             await self._process(event.message)
             if self.generation != generation:
                 return  # partitions reassigned: the records are delivered again

@@ -4,6 +4,7 @@ checked on a real cluster by tests/integration: test_worker's restarts and test_
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
@@ -122,6 +123,156 @@ def test_apply_patches_faust_once() -> None:
     assert Consumer.on_partitions_revoked is faust_patches._on_partitions_revoked
     assert Consumer.commit_and_end_transactions is faust_patches._commit_and_end_transactions
     assert Consumer.wait_empty is faust_patches._bounded_wait_empty
+    assert Consumer._drain_messages is faust_patches._drain_messages
     ours = "_flushing_exclusive_commit.<locals>.force_commit"
     assert Consumer.force_commit.__qualname__ == ours
     assert Consumer.force_commit.__wrapped__.__qualname__ != ours  # not wrapped twice
+
+
+# --- take_batches: the agent's records in batches, without faust's per-event iterator
+
+
+class Message:
+    def __init__(self, topic: str, offset: int, generation_id: int) -> None:
+        self.topic, self.offset, self.generation_id = topic, offset, generation_id
+        self.tracked = False
+
+
+class Event:
+    def __init__(self, offset: int, generation: int = 1, acked: list[int] | None = None) -> None:
+        self.message = Message("events", offset, generation)
+        self.acked = acked if acked is not None else []
+
+    def ack(self) -> bool:
+        self.acked.append(self.message.offset)
+        return True
+
+
+def fake_stream(queue: asyncio.Queue[Event]) -> Any:
+    app = SimpleNamespace(
+        consumer=SimpleNamespace(unacked=set()),
+        topics=SimpleNamespace(acking_topics={"events"}),
+        flow_control=SimpleNamespace(is_active=lambda: True),
+        consumer_generation_id=1,
+    )
+    return SimpleNamespace(app=app, channel=SimpleNamespace(queue=queue))
+
+
+def test_batches_take_what_waits_up_to_the_size_and_track_it_only_when_handed_over() -> None:
+    async def scenario() -> tuple[list[list[int]], int, list[int]]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        stream = fake_stream(queue)
+        acked: list[int] = []
+        for offset in range(5):
+            queue.put_nowait(Event(offset))
+        queue.put_nowait(Event(5, generation=0, acked=acked))  # of an older assignment
+        batches = faust_patches.take_batches(stream, max_events=3, linger=0.0)
+        first = await anext(batches)
+        tracked = len(stream.app.consumer.unacked)
+        second = await anext(batches)
+        sizes = [[e.message.offset for e in first], [e.message.offset for e in second]]
+        await batches.aclose()
+        return sizes, tracked, acked
+
+    sizes, tracked, acked = asyncio.run(scenario())
+    assert sizes == [[0, 1, 2], [3, 4]]  # the stale record is skipped...
+    assert tracked == 3
+    assert acked == [5]  # ...and acknowledged, as faust does
+
+
+def test_a_batch_lingers_for_records_that_come_soon_after() -> None:
+    async def scenario() -> list[int]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        batches = faust_patches.take_batches(fake_stream(queue), max_events=10, linger=0.5)
+        queue.put_nowait(Event(0))
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, queue.put_nowait, Event(1))
+        batch = await anext(batches)
+        await batches.aclose()
+        return [e.message.offset for e in batch]
+
+    assert asyncio.run(scenario()) == [0, 1]
+
+
+def test_without_linger_a_batch_is_what_waits_now() -> None:
+    async def scenario() -> list[int]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        batches = faust_patches.take_batches(fake_stream(queue), max_events=10, linger=0.0)
+        queue.put_nowait(Event(0))
+        asyncio.get_running_loop().call_later(0.05, queue.put_nowait, Event(1))
+        batch = await anext(batches)
+        await batches.aclose()
+        return [e.message.offset for e in batch]
+
+    assert asyncio.run(scenario()) == [0]
+
+
+# --- _drain_messages: a plain await when the delivery cannot wait
+
+
+def test_a_delivery_may_wait_only_on_a_full_or_unknown_queue() -> None:
+    full, room = asyncio.Queue(maxsize=1), asyncio.Queue(maxsize=2)
+    full.put_nowait(1)
+    room.put_nowait(1)
+    conductor = SimpleNamespace(_tp_index={"a": [SimpleNamespace(queue=room)],
+                                           "b": [SimpleNamespace(queue=full)]})  # fmt: skip
+    assert faust_patches._queue_may_block(conductor, "a") is False
+    assert faust_patches._queue_may_block(conductor, "b") is True
+    assert faust_patches._queue_may_block(conductor, "c") is True  # no channel known
+
+
+class Flag:
+    def __init__(self, value: bool = False) -> None:
+        self.value = value
+
+    def is_set(self) -> bool:
+        return self.value
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()
+
+
+def test_drained_records_are_delivered_in_order_directly_unless_the_flow_is_suspended() -> None:
+    async def scenario(suspended: bool) -> tuple[list[int], int]:
+        delivered: list[int] = []
+        careful: list[int] = []
+        stopped = Flag()
+
+        async def callback(message: Any) -> None:
+            delivered.append(message.offset)
+
+        async def records(timeout: float) -> Any:
+            for offset in range(3):
+                yield "tp", SimpleNamespace(offset=offset, topic="events")
+            stopped.value = True
+
+        class Consumer:
+            _stopped = stopped
+            should_stop = False
+            suspend_flow = Flag(suspended)
+            _commit_every = None
+            consumer_stopped_errors = ()
+            diag = SimpleNamespace(set_flag=lambda f: None, unset_flag=lambda f: None)
+            app = SimpleNamespace(topics=SimpleNamespace(
+                _tp_index={"tp": [SimpleNamespace(queue=asyncio.Queue())]},
+                acks_enabled_for=lambda topic: True))  # fmt: skip
+            log = SimpleNamespace(dev=print, info=print, exception=print)
+
+            def __init__(self) -> None:
+                self.callback = callback
+                self.getmany = records
+                self._read_offset: dict[str, int | None] = defaultdict(lambda: None)  # as faust
+
+            async def sleep(self, seconds: float) -> None:
+                await asyncio.sleep(seconds)
+
+            async def wait_first(self, *coros: Any) -> None:
+                careful.append(1)
+                await coros[0]
+                coros[1].close()
+
+        await faust_patches._drain_messages(Consumer(), SimpleNamespace(_stopped=Flag()))
+        return delivered, len(careful)
+
+    assert asyncio.run(scenario(suspended=False)) == ([0, 1, 2], 0)
+    assert asyncio.run(scenario(suspended=True)) == ([0, 1, 2], 3)  # faust's own path
