@@ -6,20 +6,21 @@ Run it instead of ``python -m streams.cli worker``, with the same ``STEPCARE_*``
     STEPCARE_BENCH_CPROFILE=/tmp/worker.prof .venv/bin/python bench/probe.py   # also cProfile
 
 ``bench/run_all.py --profile`` does this itself. Nothing in ``streams/`` changes: the probe
-wraps, in this process only, the functions ``Monitor.handle`` calls (they are looked up in the
-module at call time), and times with ``time.perf_counter``:
+wraps, in this process only, the functions ``Monitor.handle_batch`` calls (they are looked up in
+the module at call time), and times with ``time.perf_counter``:
 
 * ``decode``: ``decode_event`` + ``event_from_json`` (Avro SOE to a validated event);
 * ``engine``: ``PartitionEngine.process`` (the clinical engine, including the table reads of
   ``BufferedStates`` it triggers: RocksDB get + ``decode_state``);
-* ``publish``: ``Monitor.publish`` (encode escalations, ``Topic.send``; the broker's acks are
-  awaited elsewhere: at least once by ``Monitor.acknowledge_in_order``, beside the agent);
-* ``store``: ``BufferedStates.write`` (``encode_state``, the RocksDB write and faust's changelog
-  send; at least once it runs in the acknowledging task, so it overlaps the other stages);
-* ``rest``: the rest of ``handle`` (the partition clock written to the table, the census and
-  the Prometheus counters);
-* ``between``: wall time from the end of one ``handle`` to the start of the next, i.e. faust's
-  stream machinery (fetching, the stream iterator, acks, offset commits, other tasks) and the
+* ``publish``: ``Monitor.publish`` (encode escalations, ``Producer.send``);
+* ``acks``: ``Monitor._until_acked``, once per batch: waiting for the broker's acks of the
+  batch's outputs (at least once; exactly once, of its dead letters only);
+* ``store``: ``BufferedStates.write``, once per batch and partition (``encode_state``, the
+  RocksDB write and faust's changelog send of each changed patient);
+* ``rest``: the rest of ``handle_batch`` (key checks, the census, the Prometheus counters, the
+  records' acknowledgements);
+* ``between``: wall time from the end of one ``handle_batch`` to the start of the next, i.e.
+  faust's fetching, ``take_batches`` (with its linger), offset commits, other tasks and the
   event loop's idle time.
 
 Two more totals overlap the stages: ``table_writes`` (every ``Table.__setitem__``: RocksDB
@@ -53,11 +54,12 @@ sys.path.insert(0, str(ROOT))
 from streams import cli  # noqa: E402
 from streams.worker import pipeline, states  # noqa: E402
 
-STAGES = ("decode", "engine", "publish", "store", "rest", "between")
+STAGES = ("decode", "engine", "publish", "acks", "store", "rest", "between")
 OVERLAPPING = ("table_writes", "state_reads", "commits")
 totals = dict.fromkeys(STAGES + OVERLAPPING, 0.0)
 counts = {
     "records": 0,
+    "batches": 0,
     "escalation_batches": 0,
     "produce_requests": 0,
     "produce_batches": 0,
@@ -87,7 +89,8 @@ def _timed_async(stage: str, function):
             return await function(*args, **kwargs)
         finally:
             totals[stage] += clock() - started
-            counts["escalation_batches"] += 1
+            if stage == "publish":
+                counts["escalation_batches"] += 1
 
     return wrapper
 
@@ -109,7 +112,8 @@ def install() -> None:
     _wrap(pipeline.Monitor, "publish", functools.partial(_timed_async, "publish"))
     _wrap(states.BufferedStates, "__getitem__", functools.partial(_timed, "state_reads"))
     _wrap(pipeline.faust.Table, "__setitem__", functools.partial(_timed, "table_writes"))
-    _wrap(pipeline.Monitor, "handle", _timed_handle)
+    _wrap(pipeline.Monitor, "_until_acked", functools.partial(_timed_async, "acks"))
+    _wrap(pipeline.Monitor, "handle_batch", _timed_handle)
 
     from aiokafka.producer.sender import Sender
     from faust.transport.consumer import Consumer
@@ -120,18 +124,20 @@ def install() -> None:
 
 def _timed_handle(handle):
     @functools.wraps(handle)
-    async def timed_handle(self, message):
+    async def timed_handle(self, events):
         started = clock()
         if _last_end:
             totals["between"] += started - _last_end[0]
-        before = sum(totals[s] for s in ("decode", "engine", "publish", "store"))
+        inner_stages = ("decode", "engine", "publish", "acks", "store")
+        before = sum(totals[s] for s in inner_stages)
         try:
-            return await handle(self, message)
+            return await handle(self, events)
         finally:
             end = clock()
-            inner = sum(totals[s] for s in ("decode", "engine", "publish", "store")) - before
+            inner = sum(totals[s] for s in inner_stages) - before
             totals["rest"] += (end - started) - inner
-            counts["records"] += 1
+            counts["records"] += len(events)
+            counts["batches"] += 1
             _last_end[:] = [end]
 
     return timed_handle

