@@ -513,7 +513,7 @@ class _RecordingTable:
         self.values: dict[bytes, bytes] = {}
         self.writes: dict[int, list[tuple[bytes, bytes]]] = {}
         self.data = _EmptyStore()  # a fresh worker: no states stored for any partition yet
-        self.app = SimpleNamespace(producer=_AckingProducer())
+        self.app = SimpleNamespace(conf=SimpleNamespace(producer_max_request_size=1_048_576))
 
     @staticmethod
     def _partition() -> int:
@@ -537,15 +537,14 @@ class _EmptyStore:
     data: dict[bytes, bytes] = {}  # noqa: RUF012 (never written)
 
 
-class _AckingProducer:
-    """A producer whose sends the broker acknowledges at once."""
+class _InstantOutputs:
+    """Outputs the broker acknowledges at once."""
 
-    async def send(self, *args: Any, **kwargs: Any) -> Any:
-        import asyncio
+    async def send(self, output: Any, input_topic: str, wait: bool) -> Any:
+        return None
 
-        future = asyncio.get_running_loop().create_future()
-        future.set_result(None)
-        return future
+    async def until_acknowledged(self, outputs: list[Any]) -> None:
+        return None
 
 
 class _Event:
@@ -582,7 +581,7 @@ def worker_changelog(
     topics = [SimpleNamespace(get_topic_name=lambda name=name: name) for name in ("esc", "dlq")]
     monitor = Monitor(
         settings, policy, table, *topics,  # type: ignore[arg-type]
-        WorkerMetrics(CollectorRegistry(), policy),
+        WorkerMetrics(CollectorRegistry(), policy), _InstantOutputs(),
     )  # fmt: skip
 
     async def drive() -> None:

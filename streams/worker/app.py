@@ -35,6 +35,7 @@ from streams.clinical.policy import Policy, resolve_policy
 from streams.kafka.settings import Settings
 from streams.worker import faust_patches
 from streams.worker.metrics import WorkerMetrics
+from streams.worker.outputs import DeliveredOutputs, Outputs, TransactionalOutputs
 from streams.worker.pipeline import Monitor
 from streams.worker.probes import LagProbe, Ticker
 from streams.worker.states import TABLE
@@ -87,7 +88,12 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
     )
     metrics = WorkerMetrics(REGISTRY, policy)
     metrics.last_processed.set(time.time())  # "not since it started", rather than "since 1970"
-    monitor = Monitor(settings, policy, patients, escalations, dead_letters, metrics)
+    outputs: Outputs = (
+        DeliveredOutputs(settings)
+        if settings.processing_guarantee == "at_least_once"
+        else TransactionalOutputs(app)
+    )
+    monitor = Monitor(settings, policy, patients, escalations, dead_letters, metrics, outputs)
 
     # exactly_once: no transaction commits half-way through an event (worker/faust_patches.py).
     exclusive = (

@@ -21,7 +21,6 @@ are delivered again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -37,27 +36,17 @@ from streams.clinical.escalations import Escalation
 from streams.clinical.events import DAY_MS, EventError, EventType, event_from_json, format_time
 from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import Policy
-from streams.formats.avro import CodecError, cloudevent_headers, decode_event, encode_escalation
+from streams.formats.avro import CodecError, cloudevent_headers, decode_event, escalation_bytes
 from streams.kafka.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, error_headers
 from streams.kafka.settings import Settings
 from streams.worker.metrics import DEAD_LETTERED, EVENT_TYPES, Census, WorkerMetrics
+from streams.worker.outputs import Output, Outputs
 from streams.worker.states import _CLOCK_KEY, BufferedStates, _partition_states
 
 log = logging.getLogger("stepcare.worker")
 
 CLOCK_SAVE = 3_600_000  # ms of event time between saves of a partition's clock
 FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now are refused
-RESEND_PAUSE = 1.0  # seconds before outputs the broker failed (after its own retries) go again
-
-
-@dataclass
-class Output:
-    """A record sent for an input event, kept until the broker has it (at_least_once)."""
-
-    topic: str
-    record: tuple[Any, ...]  # (key, value, partition, timestamp, headers): to send it again
-    ack: Any  # the future of its acknowledgement
-    source: tuple[int, int]  # the input record's (partition, offset), for the log
 
 
 @dataclass
@@ -81,8 +70,10 @@ class Monitor:
         escalations: faust.TopicT,
         dead_letters: faust.TopicT,
         metrics: WorkerMetrics,
+        outputs: Outputs,
     ) -> None:
         self.metrics = metrics
+        self.outputs = outputs
         self.settings = settings
         self.policy = policy
         self.table = table
@@ -154,41 +145,22 @@ class Monitor:
             await self.flush()
 
     async def _until_acked(self, outputs: list[Output]) -> None:
-        """Wait for the broker's acks of a batch's outputs; send again what it failed.
+        """Wait for the broker's acks of a batch's outputs (see ``streams.worker.outputs``).
 
-        exactly_once: only dead letters are waited for here (escalations are held by the
-        transaction); a refused one stops the worker with the batch unacknowledged.
+        exactly_once: a dead letter the broker refused stops the worker, the batch not
+        acknowledged: the transaction would otherwise commit its offsets without the record
+        (seen with a dead letter the topic refused); the next start handles it again.
         """
-        while outputs:
-            results = await asyncio.gather(*(out.ack for out in outputs), return_exceptions=True)
-            failed = [out for out, result in zip(outputs, results, strict=True)
-                      if isinstance(result, BaseException)]  # fmt: skip
-            if not failed:
-                return
-            if any(isinstance(result, asyncio.CancelledError) for result in results):
-                raise asyncio.CancelledError  # the producer is stopping: so is the worker
-            error = next(r for r in results if isinstance(r, BaseException))
-            partition, offset = failed[0].source
-            if not self.wait_for_acks:
-                # The transaction would still commit the batch's offsets without the record
-                # (seen with a dead letter the topic refused): stop the worker instead, with
-                # the batch not acknowledged; the next start handles it again.
-                log.critical(
-                    "partition %d offset %d: the broker refused its %s record (%s): the worker "
-                    "stops so that the event is not committed without it",
-                    partition, offset, failed[0].topic, error,
-                )  # fmt: skip
-                app = self.table.app
-                await app.crash(error)
-                raise error
-            log.error("%d outputs of the batch not acknowledged (first: partition %d offset "
-                      "%d: %s): sending them again", len(failed), partition, offset,
-                      error)  # fmt: skip
-            await asyncio.sleep(RESEND_PAUSE)
-            producer = self.table.app.producer
-            for out in failed:
-                out.ack = await producer.send(out.topic, *out.record)
-            outputs = failed
+        error = await self.outputs.until_acknowledged(outputs)
+        if error is not None:
+            partition, offset = outputs[0].source
+            log.critical(
+                "partition %d offset %d: the broker refused its %s record (%s): the worker "
+                "stops so that the event is not committed without it",
+                partition, offset, outputs[0].topic, error,
+            )  # fmt: skip
+            await self.table.app.crash(error)
+            raise error
 
     async def _process(self, message: Any) -> None:
         """Decode, apply and publish one record; the states it changes, staged for the batch."""
@@ -289,12 +261,12 @@ class Monitor:
                 self.escalations,
                 message,
                 escalation.patient_id.encode(),
-                encode_escalation(escalation.to_json()),
+                escalation_bytes(escalation),
                 cloudevent_headers(escalation),
                 # The broker refuses a timestamp over an hour ahead of its clock (Kafka 4:
                 # log.message.timestamp.after.max.ms): never later than now. ce_time keeps
-                # the escalation's own time.
-                max(0, min(escalation.occurred_at, now_ms)) / 1000,
+                # the escalation's own time. Before 1970: the broker's time (as faust did).
+                max(0, min(escalation.occurred_at, now_ms)) or None,
             )
             self.metrics.count(self.metrics.escalations, str(escalation.kind))
 
@@ -305,29 +277,17 @@ class Monitor:
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, bytes]],
-        timestamp: float | None = None,
+        timestamp_ms: int | None = None,
         *,
         confirm: bool = False,
     ) -> None:
-        """Send a record caused by ``message``; the batch waits for its ack if need be.
-
-        at_least_once: every output is waited for (:meth:`flush`). exactly_once: sent in the
-        transaction of ``message``'s input partition, the one that commits its offset and its
-        table writes (faust's ``topic.send`` would pick the transaction of the *destination*
-        partition, which this worker does not consume: no transaction at all, so a crash
-        would repeat the record); only a ``confirm`` output (a dead letter) is waited for.
-        """
-        app = self.table.app
-        record = (key, value, None, timestamp, headers)
-        if self.wait_for_acks:
-            ack = await app.producer.send(topic, *record)
-        else:
-            group = app.assignor.group_for_topic(message.topic)
-            transaction = f"{app.conf.id}-{group}-{message.partition}"
-            ack = await app.producer.send(topic, *record, transactional_id=transaction)
-            if not confirm:
-                return
-        self.batch.outputs.append(Output(topic, record, ack, (message.partition, message.offset)))
+        """Send a record caused by ``message``; the batch waits for its ack if need be
+        (at_least_once: every record; exactly_once: only a ``confirm`` one, a dead letter)."""
+        source = (message.partition, message.offset)
+        output = Output(topic, key, value, headers, timestamp_ms, source)
+        waited = await self.outputs.send(output, message.topic, confirm or self.wait_for_acks)
+        if waited is not None:
+            self.batch.outputs.append(waited)
 
     async def dead_letter(self, message: Any, kind: str, reason: str, detail: str) -> None:
         headers = message.headers or []

@@ -3,9 +3,11 @@ from the changelog); at least once, a batch's states are written and its records
 only once the broker has every output of the batch, in input order."""
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -15,8 +17,9 @@ from streams.clinical.policy import resolve_policy
 from streams.formats.avro import encode_event
 from streams.formats.state import decode_state
 from streams.kafka.settings import Settings
-from streams.worker import pipeline
+from streams.worker import outputs
 from streams.worker.metrics import Census, WorkerMetrics
+from streams.worker.outputs import DeliveredOutputs
 from streams.worker.pipeline import Monitor
 from streams.worker.runner import CLEAN_STOP, forget_unclean_state
 from streams.worker.states import BufferedStates
@@ -76,35 +79,47 @@ class FakeEvent:
         return True
 
 
-class FakeProducer:
-    """Producer.send's shape: the future of the broker's ack, which the test settles."""
+class FakeBroker:
+    """confluent-kafka's Producer as ``DeliveredOutputs`` uses it: each record waits until the
+    test sets its fate (None: acknowledged; else the error), reported by the next flush."""
 
     def __init__(self) -> None:
-        self.acks: list[asyncio.Future[None]] = []
-        self.sent: list[tuple[str, bytes | None]] = []
+        self.records: list[tuple[str, bytes | None]] = []
+        self.callbacks: dict[int, Callable[[object, object], None]] = {}
+        self.fates: dict[int, object] = {}
 
-    async def send(self, topic: str, key: bytes | None, *record: object,
-                   **kwargs: object) -> asyncio.Future[None]:  # fmt: skip
-        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.acks.append(ack)
-        self.sent.append((topic, key))
-        return ack
+    def produce(self, topic: str, *, key: bytes | None = None, on_delivery: Any = None,
+                **record: object) -> None:  # fmt: skip
+        self.callbacks[len(self.records)] = on_delivery
+        self.records.append((topic, key))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        for index in [i for i in self.callbacks if i in self.fates]:
+            self.callbacks.pop(index)(self.fates.pop(index), None)
+        time.sleep(0.002)
+        return len(self.callbacks)
 
 
 class FakeTable(dict[bytes, bytes]):
-    """The table's mapping, and its app's producer."""
+    """The table's mapping (faust's memory store: one dict)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.app = SimpleNamespace(producer=FakeProducer())
-        self.data = SimpleNamespace(data=self)  # faust's memory store: its dict
+        self.data = SimpleNamespace(data=self)
 
 
-def monitor(table: FakeTable) -> Monitor:
+def monitor(table: FakeTable) -> tuple[Monitor, FakeBroker]:
     policy = resolve_policy(None)
     metrics = WorkerMetrics(CollectorRegistry(), policy)
     topics = [SimpleNamespace(get_topic_name=lambda name=name: name) for name in ("esc", "dlq")]
-    return Monitor(Settings(clock="event"), policy, table, *topics, metrics)  # type: ignore[arg-type]
+    broker = FakeBroker()
+    sent = DeliveredOutputs.__new__(DeliveredOutputs)
+    sent.producer = broker
+    settings = Settings(clock="event")
+    return Monitor(settings, policy, table, *topics, metrics, sent), broker  # type: ignore[arg-type]
 
 
 def step(care_step: int) -> PatientState:
@@ -137,44 +152,42 @@ async def until(condition: Callable[[], bool]) -> None:
 def test_a_batch_is_acknowledged_in_input_order_once_every_output_is_acked() -> None:
     async def scenario() -> tuple[list[int], list[object]]:
         table = FakeTable()
-        producer = table.app.producer
-        watcher = monitor(table)
+        watcher, broker = monitor(table)
         acked: list[int] = []
         seen: list[object] = []
         events = [FakeEvent(1, acked, "p1"), FakeEvent(2, acked, "p2")]
         handling = asyncio.ensure_future(watcher.handle_batch(events))
-        await until(lambda: len(producer.acks) == 2)  # one ENROLLED escalation each
-        seen.append([topic for topic, _ in producer.sent])
-        producer.acks[1].set_result(None)  # the second record's escalation first
-        await asyncio.sleep(0.01)
+        await until(lambda: len(broker.records) == 2)  # one ENROLLED escalation each
+        seen.append(list(broker.records))
+        broker.fates[1] = None  # the second record's escalation first
+        await asyncio.sleep(0.02)
         seen.append((list(acked), dict(table)))  # nothing written, nothing acknowledged
-        producer.acks[0].set_result(None)
+        broker.fates[0] = None
         await handling
         return acked, [*seen, sorted(key for key in table if not key.startswith(b"\0"))]
 
     acked, seen = asyncio.run(scenario())
-    assert seen == [["esc", "esc"], ([], {}), [b"p1", b"p2"]]
+    assert seen == [[("esc", b"p1"), ("esc", b"p2")], ([], {}), [b"p1", b"p2"]]
     assert acked == [1, 2]
 
 
 def test_an_output_the_broker_failed_is_sent_again_before_the_batch_is_acknowledged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(pipeline, "RESEND_PAUSE", 0.0)
+    monkeypatch.setattr(outputs, "RESEND_PAUSE", 0.0)
 
     async def scenario() -> tuple[list[int], int]:
         table = FakeTable()
-        producer = table.app.producer
-        watcher = monitor(table)
+        watcher, broker = monitor(table)
         acked: list[int] = []
         handling = asyncio.ensure_future(watcher.handle_batch([FakeEvent(7, acked)]))
-        await until(lambda: len(producer.acks) == 1)
-        producer.acks[0].set_exception(TimeoutError("no broker"))
-        await until(lambda: len(producer.acks) == 2)
+        await until(lambda: len(broker.records) == 1)
+        broker.fates[0] = "Local: Message timed out"
+        await until(lambda: len(broker.records) == 2)  # sent again
         assert acked == [] and b"p1" not in table
-        producer.acks[1].set_result(None)
+        broker.fates[1] = None
         await handling
-        return acked, len(producer.acks)
+        return acked, len(broker.records)
 
     assert asyncio.run(scenario()) == ([7], 2)
 
@@ -182,13 +195,12 @@ def test_an_output_the_broker_failed_is_sent_again_before_the_batch_is_acknowled
 def test_a_batch_in_flight_across_a_rebalance_is_neither_written_nor_acknowledged() -> None:
     async def scenario() -> tuple[list[int], FakeTable]:
         table = FakeTable()
-        producer = table.app.producer
-        watcher = monitor(table)
+        watcher, broker = monitor(table)
         acked: list[int] = []
         handling = asyncio.ensure_future(watcher.handle_batch([FakeEvent(3, acked)]))
-        await until(lambda: len(producer.acks) == 1)
+        await until(lambda: len(broker.records) == 1)
         watcher.reset()  # partitions reassigned: faust redelivers from the committed offset
-        producer.acks[0].set_result(None)
+        broker.fates[0] = None
         await handling
         return acked, table
 
@@ -198,8 +210,7 @@ def test_a_batch_in_flight_across_a_rebalance_is_neither_written_nor_acknowledge
 def test_a_batch_writes_each_patient_once_with_its_last_state() -> None:
     async def scenario() -> dict[bytes, PatientState]:
         table = FakeTable()
-        producer = table.app.producer
-        watcher = monitor(table)
+        watcher, broker = monitor(table)
         acked: list[int] = []
         # Enrolled, then enrolled again a day later (a duplicate enrolment: no new state).
         events = [FakeEvent(1, acked, "p1", 1), FakeEvent(2, acked, "p2", 1),
@@ -214,9 +225,8 @@ def test_a_batch_writes_each_patient_once_with_its_last_state() -> None:
         FakeTable.__setitem__ = record  # type: ignore[method-assign]
         try:
             handling = asyncio.ensure_future(watcher.handle_batch(events))
-            await until(lambda: len(producer.acks) == 2)
-            for ack in producer.acks:
-                ack.set_result(None)
+            await until(lambda: len(broker.records) == 2)
+            broker.fates.update({0: None, 1: None})
             await handling
         finally:
             FakeTable.__setitem__ = original  # type: ignore[method-assign]
