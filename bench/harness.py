@@ -585,6 +585,7 @@ def worker_changelog(
     )  # fmt: skip
 
     async def drive() -> None:
+        acknowledger = asyncio.ensure_future(monitor.acknowledge_in_order())
         batch: list[_Event] = []
         for offset, ((key, value, _), partition) in enumerate(
             zip(log.records, partitions, strict=True)
@@ -597,6 +598,8 @@ def worker_changelog(
                 batch = []
         if batch:
             await monitor.handle_batch(batch)
+        await monitor.settle()
+        acknowledger.cancel()
 
     asyncio.run(drive())
     return table.writes

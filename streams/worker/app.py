@@ -95,6 +95,12 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
     )
     monitor = Monitor(settings, policy, patients, escalations, dead_letters, metrics, outputs)
 
+    if settings.processing_guarantee == "at_least_once":
+
+        @app.task
+        async def acknowledge() -> None:
+            await monitor.acknowledge_in_order()
+
     # exactly_once: no transaction commits half-way through an event (worker/faust_patches.py).
     exclusive = (
         faust_patches.commit_lock(app)

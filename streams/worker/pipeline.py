@@ -21,6 +21,7 @@ are delivered again.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -41,12 +42,15 @@ from streams.kafka.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, err
 from streams.kafka.settings import Settings
 from streams.worker.metrics import DEAD_LETTERED, EVENT_TYPES, Census, WorkerMetrics
 from streams.worker.outputs import Output, Outputs
-from streams.worker.states import _CLOCK_KEY, BufferedStates, _partition_states
+from streams.worker.states import _CLOCK_KEY, BufferedStates, Sealed, _partition_states
 
 log = logging.getLogger("stepcare.worker")
 
 CLOCK_SAVE = 3_600_000  # ms of event time between saves of a partition's clock
 FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now are refused
+# at_least_once: batches handled while earlier ones still wait for their outputs' acks (a bound
+# on memory and on the work a crash repeats).
+SEALED_BATCHES = 2
 
 
 @dataclass
@@ -56,6 +60,8 @@ class Batch:
     events: list[Any] = field(default_factory=list)  # faust Events, in input order
     outputs: list[Output] = field(default_factory=list)
     last_event: dict[int, Any] = field(default_factory=dict)  # partition -> its last Event
+    generation: int = 0  # Monitor.generation when it was sealed
+    writes: list[tuple[int, BufferedStates, Sealed]] = field(default_factory=list)
 
 
 class Monitor:
@@ -88,6 +94,8 @@ class Monitor:
         self.saved_clock: dict[int, int] = {}  # partition -> the clock last written to the table
         self.states: dict[int, BufferedStates] = {}
         self.batch = Batch()
+        # at_least_once: sealed batches waiting for their outputs' acks, in input order.
+        self.sealed: asyncio.Queue[Batch] = asyncio.Queue(SEALED_BATCHES)
         self.generation = 0  # of the partition assignment: bumped by every rebalance
 
     def reset(self) -> None:
@@ -123,26 +131,58 @@ class Monitor:
         await self.flush()
 
     async def flush(self) -> None:
-        """Make the records handled so far safe, then acknowledge them, in input order."""
+        """Close the batch: its records are acknowledged once safe, in input order.
+
+        exactly_once: at once (the transaction holds everything; only refused dead letters
+        are waited for). at_least_once: the batch is sealed (its states stay readable from
+        memory) and handed to :meth:`acknowledge_in_order`, which waits for the broker's acks
+        while the next batch is handled; at most :data:`SEALED_BATCHES` wait so.
+        """
         batch, self.batch = self.batch, Batch()
-        generation = self.generation
-        if batch.outputs:
-            await self._until_acked(batch.outputs)
-        if self.generation != generation:
+        if not batch.events and not batch.outputs:
             return
-        for partition, event in batch.last_event.items():
+        batch.generation = self.generation
+        for partition in batch.last_event:
             states = self.states.get(partition)
             if states is not None:
-                with _as_current(event):  # faust takes the changelog partition from it
-                    states.write()
+                batch.writes.append((partition, states, states.seal()))
+        if self.wait_for_acks:
+            await self.sealed.put(batch)
+            return
+        if batch.outputs:
+            await self._until_acked(batch.outputs)
+        self._complete(batch)
+
+    async def acknowledge_in_order(self) -> None:
+        """at_least_once: for each sealed batch in turn, wait for its outputs' acks, then
+        write its states and acknowledge its records (unless partitions moved meanwhile)."""
+        while True:
+            batch = await self.sealed.get()
+            try:
+                if batch.generation != self.generation:
+                    continue  # partitions reassigned since: its records are delivered again
+                if batch.outputs:
+                    await self._until_acked(batch.outputs)
+                if batch.generation != self.generation:
+                    continue
+                self._complete(batch)
+            finally:
+                self.sealed.task_done()
+
+    def _complete(self, batch: Batch) -> None:
+        """Write a safe batch's states to the table, then acknowledge its records."""
+        for partition, states, sealed in batch.writes:
+            with _as_current(batch.last_event[partition]):  # faust takes the partition from it
+                states.write(sealed)
         self.metrics.publish_census()
         for event in batch.events:
             event.ack()
 
     async def settle(self) -> None:
         """Until every record handled so far is safe (its states in the table)."""
-        if self.batch.events:
-            await self.flush()
+        await self.flush()
+        if self.wait_for_acks:
+            await self.sealed.join()
 
     async def _until_acked(self, outputs: list[Output]) -> None:
         """Wait for the broker's acks of a batch's outputs (see ``streams.worker.outputs``).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -23,13 +24,23 @@ _CLOCK_KEY = b"\x00clock/%d"
 MAX_CACHED = 50_000
 
 
+@dataclass
+class Sealed:
+    """A closed batch's changes to one partition, written once its outputs are safe."""
+
+    seq: int
+    states: dict[str, PatientState]
+    raw: dict[bytes, bytes]  # reserved keys (the partition's clock)
+
+
 class BufferedStates(MutableMapping[str, PatientState]):
     """The table as the engine sees it: decoded states, writes held until they are safe.
 
     A record's changes stay in :attr:`pending` while it is processed; :meth:`stage` then makes
-    them part of the batch (:attr:`batch`, read by the batch's next records), and :meth:`write`
-    puts the batch's states in the table once its outputs are safe: each patient's state once
-    per batch, however many of its records the batch held.
+    them part of the batch (:attr:`batch`, read by the batch's next records); :meth:`seal`
+    closes the batch (its states stay readable from :attr:`unwritten`), and :meth:`write` puts
+    them in the table once its outputs are safe: each patient's state once per batch, however
+    many of its records the batch held.
     """
 
     def __init__(self, table: faust.Table) -> None:
@@ -38,6 +49,8 @@ class BufferedStates(MutableMapping[str, PatientState]):
         self.before: dict[str, PatientState | None] = {}  # for the census of the metrics
         self.batch: dict[str, PatientState] = {}  # staged, not yet in the table
         self.raw: dict[bytes, bytes] = {}  # reserved keys (the partition's clock) to write
+        self.unwritten: dict[str, tuple[int, PatientState]] = {}  # sealed: id -> (seq, state)
+        self.seq = 0
         # States as written to (or read from) the table, decoded: only this worker writes its
         # partitions, so they stay true until a rebalance drops this object. Measured: reading
         # RocksDB and decoding was the largest cost of a record after the engine.
@@ -50,6 +63,9 @@ class BufferedStates(MutableMapping[str, PatientState]):
         state = self.batch.get(patient_id)
         if state is not None:
             return state
+        sealed = self.unwritten.get(patient_id)
+        if sealed is not None:
+            return sealed[1]
         state = self.cache.get(patient_id)
         if state is not None:
             return state
@@ -92,17 +108,27 @@ class BufferedStates(MutableMapping[str, PatientState]):
         self.batch.update(self.pending)
         self.discard()
 
-    def write(self) -> None:
-        """Write the batch's states to the table (and so to its changelog)."""
+    def seal(self) -> Sealed:
+        """Close the batch: its changes, to be written when safe; meanwhile read from memory."""
+        self.seq += 1
+        sealed = Sealed(self.seq, self.batch, self.raw)
+        for patient_id, state in self.batch.items():
+            self.unwritten[patient_id] = (self.seq, state)
+        self.batch, self.raw = {}, {}
+        return sealed
+
+    def write(self, sealed: Sealed) -> None:
+        """Write a sealed batch's states to the table (and so to its changelog)."""
         table = self.table
         remember = self._remember
-        for patient_id, state in self.batch.items():
+        unwritten = self.unwritten
+        for patient_id, state in sealed.states.items():
             table[patient_id.encode()] = encode_state(state)
             remember(patient_id, state)
-        for key, value in self.raw.items():
+            if unwritten[patient_id][0] == sealed.seq:  # no later batch changed it since
+                del unwritten[patient_id]
+        for key, value in sealed.raw.items():
             table[key] = value
-        self.batch.clear()
-        self.raw.clear()
 
     def discard(self) -> None:
         """Forget the changes of the record being processed (not staged)."""

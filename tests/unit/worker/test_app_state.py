@@ -136,9 +136,37 @@ def test_a_batch_state_is_read_by_the_next_record_and_written_once() -> None:
     states.stage(Census())
     states["p2"] = step(1)
     states.discard()  # a record that failed: its change is forgotten
-    states.write()
+    sealed = states.seal()
+    assert states["p1"] == step(2) and table == {}  # sealed, not yet written: still read
+    states.write(sealed)
     assert {k: decode_state(v) for k, v in table.items()} == {b"p1": step(2)}
-    assert states.batch == {} and states["p1"] == step(2)
+    assert states.batch == {} and states.unwritten == {} and states["p1"] == step(2)
+
+
+def test_a_sealed_state_written_late_does_not_hide_a_later_one() -> None:
+    table = FakeTable()
+    states = BufferedStates(table)  # type: ignore[arg-type]
+    states["p1"] = step(1)
+    states.stage(Census())
+    first = states.seal()
+    states["p1"] = step(2)
+    states.stage(Census())
+    second = states.seal()
+    states.write(first)
+    assert decode_state(table[b"p1"]) == step(1)
+    assert states["p1"] == step(2)  # still the later, unwritten one
+    states.write(second)
+    assert decode_state(table[b"p1"]) == step(2) and states.unwritten == {}
+
+
+async def handled(watcher: Monitor, events: list[FakeEvent]) -> None:
+    """What the worker does with a batch at least once: handle it, and (beside) acknowledge."""
+    acker = asyncio.ensure_future(watcher.acknowledge_in_order())
+    try:
+        await watcher.handle_batch(events)
+        await watcher.settle()
+    finally:
+        acker.cancel()
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -156,7 +184,7 @@ def test_a_batch_is_acknowledged_in_input_order_once_every_output_is_acked() -> 
         acked: list[int] = []
         seen: list[object] = []
         events = [FakeEvent(1, acked, "p1"), FakeEvent(2, acked, "p2")]
-        handling = asyncio.ensure_future(watcher.handle_batch(events))
+        handling = asyncio.ensure_future(handled(watcher, events))
         await until(lambda: len(broker.records) == 2)  # one ENROLLED escalation each
         seen.append(list(broker.records))
         broker.fates[1] = None  # the second record's escalation first
@@ -180,7 +208,7 @@ def test_an_output_the_broker_failed_is_sent_again_before_the_batch_is_acknowled
         table = FakeTable()
         watcher, broker = monitor(table)
         acked: list[int] = []
-        handling = asyncio.ensure_future(watcher.handle_batch([FakeEvent(7, acked)]))
+        handling = asyncio.ensure_future(handled(watcher, [FakeEvent(7, acked)]))
         await until(lambda: len(broker.records) == 1)
         broker.fates[0] = "Local: Message timed out"
         await until(lambda: len(broker.records) == 2)  # sent again
@@ -197,7 +225,7 @@ def test_a_batch_in_flight_across_a_rebalance_is_neither_written_nor_acknowledge
         table = FakeTable()
         watcher, broker = monitor(table)
         acked: list[int] = []
-        handling = asyncio.ensure_future(watcher.handle_batch([FakeEvent(3, acked)]))
+        handling = asyncio.ensure_future(handled(watcher, [FakeEvent(3, acked)]))
         await until(lambda: len(broker.records) == 1)
         watcher.reset()  # partitions reassigned: faust redelivers from the committed offset
         broker.fates[0] = None
@@ -224,7 +252,7 @@ def test_a_batch_writes_each_patient_once_with_its_last_state() -> None:
 
         FakeTable.__setitem__ = record  # type: ignore[method-assign]
         try:
-            handling = asyncio.ensure_future(watcher.handle_batch(events))
+            handling = asyncio.ensure_future(handled(watcher, events))
             await until(lambda: len(broker.records) == 2)
             broker.fates.update({0: None, 1: None})
             await handling
