@@ -99,8 +99,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--events",
         type=int,
-        default=20_000,
-        help="log size of the throughput and scaling runs (default 20000)",
+        default=200_000,
+        help="log size of the throughput and scaling runs (default 200000: as `worker --replay` "
+        "of the offline replay's cohort)",
     )
     parser.add_argument(
         "--latency-rates",

@@ -5,6 +5,9 @@ It patches: the recovery race described below (every guarantee); five exactly_on
 (section "exactly_once" further down); a stop (or rebalance) that waits for ever for an event
 that is never acknowledged (section "stopping"); and a start-up that fails while one broker is
 down (section "startup"). Each was found by a test in ``tests/integration`` on a real cluster.
+Section "batches" holds what the worker's batched hot path needs of faust's internals: the
+agent's records read in batches (:func:`take_batches`) and the fetcher's delivery without
+per-record tasks (``_drain_messages``), each for a measured cost (``make bench``).
 
 The bug: ``faust/tables/recovery.py`` ``Recovery.on_recovery_completed`` (and the no-table twin
 ``Recovery._resume_streams``) resumes the stream partitions *before* it awaits

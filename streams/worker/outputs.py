@@ -25,7 +25,9 @@ from streams.kafka.settings import Settings
 log = logging.getLogger("stepcare.worker")
 
 RESEND_PAUSE = 1.0  # seconds before records the broker failed (after librdkafka's retries) go again
-FLUSH_SLICE = 1.0  # seconds per flush call, so a stopping worker is not held by a flush
+# Seconds a delivery-report poll may wait: it returns at the first report. Not flush(): the
+# next batch's records, produced meanwhile, would hold it until they are delivered too.
+POLL_SLICE = 0.1
 # librdkafka's linger: records of a batch go out together; the batch waits for them anyway.
 WORKER_LINGER_MS = 5
 
@@ -91,7 +93,7 @@ class DeliveredOutputs:
         while outputs:
             while any(output.error is _PENDING for output in outputs):
                 # In a thread: librdkafka waits without the GIL, the event loop goes on.
-                await loop.run_in_executor(None, self.producer.flush, FLUSH_SLICE)
+                await loop.run_in_executor(None, self.producer.poll, POLL_SLICE)
             failed = [output for output in outputs if output.error is not None]
             if not failed:
                 return None

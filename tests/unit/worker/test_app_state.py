@@ -94,13 +94,11 @@ class FakeBroker:
         self.records.append((topic, key))
 
     def poll(self, timeout: float) -> int:
-        return 0
-
-    def flush(self, timeout: float) -> int:
-        for index in [i for i in self.callbacks if i in self.fates]:
+        served = [i for i in self.callbacks if i in self.fates]
+        for index in served:
             self.callbacks.pop(index)(self.fates.pop(index), None)
         time.sleep(0.002)
-        return len(self.callbacks)
+        return len(served)
 
 
 class FakeTable(dict[bytes, bytes]):
