@@ -113,10 +113,16 @@ class TransactionalOutputs:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self.transactions: dict[tuple[str, int], str] = {}  # input partition -> transaction id
 
     async def send(self, output: Output, input_topic: str, wait: bool) -> Output | None:
         app = self.app
-        group = app.assignor.group_for_topic(input_topic)
+        partition = output.source[0]
+        transaction = self.transactions.get((input_topic, partition))
+        if transaction is None:  # faust's id: <app id>-<assignor group>-<partition>
+            group = app.assignor.group_for_topic(input_topic)
+            transaction = f"{app.conf.id}-{group}-{partition}"
+            self.transactions[(input_topic, partition)] = transaction
         timestamp = None if output.timestamp_ms is None else output.timestamp_ms / 1000
         output.ack = await app.producer.send(
             output.topic,
@@ -125,7 +131,7 @@ class TransactionalOutputs:
             None,
             timestamp,
             output.headers,
-            transactional_id=f"{app.conf.id}-{group}-{output.source[0]}",
+            transactional_id=transaction,
         )
         return output if wait else None
 

@@ -19,7 +19,7 @@ from streams.formats.state import decode_state
 from streams.kafka.settings import Settings
 from streams.worker import outputs
 from streams.worker.metrics import Census, WorkerMetrics
-from streams.worker.outputs import DeliveredOutputs
+from streams.worker.outputs import DeliveredOutputs, TransactionalOutputs
 from streams.worker.pipeline import Monitor
 from streams.worker.runner import CLEAN_STOP, forget_unclean_state
 from streams.worker.states import BufferedStates
@@ -263,3 +263,71 @@ def test_a_batch_writes_each_patient_once_with_its_last_state() -> None:
 
     states = asyncio.run(scenario())
     assert states[b"p1"].care_step == states[b"p2"].care_step == 1
+
+
+# --- exactly once: the batch is acknowledged at once, unless the broker refused a dead letter
+
+
+class FakeApp:
+    """faust's app as TransactionalOutputs and the monitor use it."""
+
+    def __init__(self) -> None:
+        self.conf = SimpleNamespace(id="app", producer_max_request_size=1_048_576)
+        self.assignor = SimpleNamespace(group_for_topic=lambda topic: 0)
+        self.sent: list[tuple[str, str]] = []  # (topic, transactional id)
+        self.acks: list[asyncio.Future[None]] = []
+        self.crashed: list[BaseException] = []
+        self.producer = self
+
+    async def send(self, topic: str, *record: object, transactional_id: str) -> object:
+        self.sent.append((topic, transactional_id))
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acks.append(ack)
+        return ack
+
+    async def crash(self, error: BaseException) -> None:
+        self.crashed.append(error)
+
+
+def exactly_once_monitor(table: FakeTable, app: FakeApp) -> Monitor:
+    policy = resolve_policy(None)
+    metrics = WorkerMetrics(CollectorRegistry(), policy)
+    topics = [SimpleNamespace(get_topic_name=lambda name=name: name) for name in ("esc", "dlq")]
+    table.app = app  # type: ignore[attr-defined]
+    settings = Settings(clock="event", processing_guarantee="exactly_once")
+    return Monitor(settings, policy, table, *topics, metrics,  # type: ignore[arg-type]
+                   TransactionalOutputs(app))  # fmt: skip
+
+
+def test_exactly_once_a_batch_is_acknowledged_without_waiting_for_its_escalations() -> None:
+    async def scenario() -> tuple[list[int], list[tuple[str, str]], list[bytes]]:
+        table, app = FakeTable(), FakeApp()
+        watcher = exactly_once_monitor(table, app)
+        acked: list[int] = []
+        await watcher.handle_batch([FakeEvent(1, acked, "p1"), FakeEvent(2, acked, "p2")])
+        return acked, app.sent, sorted(k for k in table if not k.startswith(b"\0"))
+
+    acked, sent, written = asyncio.run(scenario())
+    assert acked == [1, 2] and written == [b"p1", b"p2"]
+    assert sent == [("esc", "app-0-0"), ("esc", "app-0-0")]  # the input partition's transaction
+
+
+def test_exactly_once_a_refused_dead_letter_stops_the_worker_with_the_batch_unacknowledged() -> (
+    None
+):
+    async def scenario() -> tuple[list[int], list[BaseException], str]:
+        table, app = FakeTable(), FakeApp()
+        watcher = exactly_once_monitor(table, app)
+        acked: list[int] = []
+        broken = FakeEvent(1, acked, "p1")
+        broken.message.value = b"not avro"
+        handling = asyncio.ensure_future(watcher.handle_batch([broken, FakeEvent(2, acked, "p2")]))
+        await until(lambda: len(app.acks) == 1)  # the dead letter (then p2 waits: see settle)
+        app.acks[0].set_exception(RuntimeError("record too large"))
+        with pytest.raises(RuntimeError) as raised:
+            await handling
+        return acked, app.crashed, str(raised.value)
+
+    acked, crashed, error = asyncio.run(scenario())
+    assert acked == [] and error == "record too large"
+    assert [str(e) for e in crashed] == ["record too large"]
