@@ -44,7 +44,9 @@ class Output:
     headers: list[tuple[str, bytes]]
     timestamp_ms: int | None
     source: tuple[int, int]  # the input record's (partition, offset), for the log
+    partition: int | None = None  # None: the producer's partitioner (by key)
     error: Any = field(default=_PENDING)  # None once acknowledged, else the error
+    offset: int = -1  # at least once: its offset, once acknowledged
     ack: Any = None  # exactly once: the future of its acknowledgement
 
 
@@ -74,6 +76,8 @@ class DeliveredOutputs:
 
     def _produce(self, output: Output) -> None:
         def delivered(error: Any, message: Any) -> None:
+            if error is None:
+                output.offset = message.offset()
             output.error = error
 
         output.error = _PENDING
@@ -81,6 +85,8 @@ class DeliveredOutputs:
                                   "headers": output.headers, "on_delivery": delivered}  # fmt: skip
         if output.timestamp_ms is not None:
             kwargs["timestamp"] = output.timestamp_ms
+        if output.partition is not None:
+            kwargs["partition"] = output.partition
         while True:
             try:
                 self.producer.produce(output.topic, **kwargs)

@@ -28,10 +28,11 @@ import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust import streams as faust_streams
+from faust.types import TP
 
 from streams.clinical.escalations import Escalation
 from streams.clinical.events import DAY_MS, EventError, EventType, event_from_json, format_time
@@ -86,6 +87,8 @@ class Monitor:
         self.escalations = escalations.get_topic_name()
         self.dead_letters = dead_letters.get_topic_name()
         self.wait_for_acks = settings.processing_guarantee == "at_least_once"
+        # at_least_once with RocksDB: states and changelog written by stepcare, not faust's table.
+        self.direct_writes = self.wait_for_acks and settings.store.startswith("rocksdb:")
         self.live = settings.clock == "wall"
         # ms; 0: no limit. Live only: a replay (clock=event) processes history of any age.
         self.max_age = settings.max_event_age_days * DAY_MS if self.live else 0
@@ -165,9 +168,41 @@ class Monitor:
                     await self._until_acked(batch.outputs)
                 if batch.generation != self.generation:
                     continue
+                if self.direct_writes:
+                    await self._write_through_librdkafka(batch)
+                    if batch.generation != self.generation:
+                        continue
                 self._complete(batch)
             finally:
                 self.sealed.task_done()
+
+    async def _write_through_librdkafka(self, batch: Batch) -> None:
+        """at_least_once, RocksDB store: a safe batch's states into RocksDB (one write batch
+        per partition) and its changelog records through the outputs' producer; once the
+        broker has them, each partition's persisted changelog offset, once (faust's own
+        path, per key: ``streams.worker.states.BufferedStates.write_rocksdb``). The records
+        are acknowledged only after that, so faust commits no offset whose states the
+        changelog does not have yet."""
+        topic = self.table.changelog_topic.get_topic_name()
+        records: list[Output] = []
+        for partition, states, sealed in batch.writes:
+            for key, value in states.write_rocksdb(sealed, partition):
+                record = Output(topic, key, value, [], None, (partition, -1), partition)
+                await self.outputs.send(record, topic, True)
+                records.append(record)
+        batch.writes = []  # written: _complete has nothing left to write
+        if not records:
+            return
+        await self._until_acked(records)
+        if batch.generation != self.generation:
+            return  # the partitions may be gone: a persisted offset left behind is only lower
+        last: dict[int, int] = {}
+        for record in records:
+            partition = cast(int, record.partition)
+            last[partition] = max(last.get(partition, -1), record.offset)
+        store = self.table.data
+        for partition, offset in last.items():
+            store.set_persisted_offset(TP(topic, partition), offset)
 
     def _complete(self, batch: Batch) -> None:
         """Write a safe batch's states to the table, then acknowledge its records."""

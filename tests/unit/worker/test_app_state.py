@@ -95,8 +95,9 @@ class FakeBroker:
 
     def poll(self, timeout: float) -> int:
         served = [i for i in self.callbacks if i in self.fates]
-        for index in served:
-            self.callbacks.pop(index)(self.fates.pop(index), None)
+        for index in served:  # the broker's offset of each: 40 + its index
+            message = SimpleNamespace(offset=lambda index=index: 40 + index)
+            self.callbacks.pop(index)(self.fates.pop(index), message)
         time.sleep(0.002)
         return len(served)
 
@@ -116,7 +117,7 @@ def monitor(table: FakeTable) -> tuple[Monitor, FakeBroker]:
     broker = FakeBroker()
     sent = DeliveredOutputs.__new__(DeliveredOutputs)
     sent.producer = broker
-    settings = Settings(clock="event")
+    settings = Settings(clock="event", store="memory://")  # faust's table path
     return Monitor(settings, policy, table, *topics, metrics, sent), broker  # type: ignore[arg-type]
 
 
@@ -294,7 +295,7 @@ def exactly_once_monitor(table: FakeTable, app: FakeApp) -> Monitor:
     metrics = WorkerMetrics(CollectorRegistry(), policy)
     topics = [SimpleNamespace(get_topic_name=lambda name=name: name) for name in ("esc", "dlq")]
     table.app = app  # type: ignore[attr-defined]
-    settings = Settings(clock="event", processing_guarantee="exactly_once")
+    settings = Settings(clock="event", processing_guarantee="exactly_once", store="memory://")
     return Monitor(settings, policy, table, *topics, metrics,  # type: ignore[arg-type]
                    TransactionalOutputs(app))  # fmt: skip
 
@@ -331,3 +332,48 @@ def test_exactly_once_a_refused_dead_letter_stops_the_worker_with_the_batch_unac
     acked, crashed, error = asyncio.run(scenario())
     assert acked == [] and error == "record too large"
     assert [str(e) for e in crashed] == ["record too large"]
+
+
+# --- at least once with RocksDB: states and changelog written by stepcare, offsets recorded
+
+
+def test_with_rocksdb_a_batch_is_one_write_its_changelog_acked_then_its_offset_recorded(
+    tmp_path: Path,
+) -> None:
+    from rocksdict import Options, Rdict
+
+    db = Rdict(str(tmp_path / "patients-0.db"), options=Options(raw_mode=True))
+    persisted: list[tuple[str, int, int]] = []
+    table = FakeTable()
+    table.data = SimpleNamespace(  # faust's RocksDB store, as write_rocksdb uses it
+        _key_index={},
+        _db_for_partition=lambda partition: db,
+        set_persisted_offset=lambda tp, offset: persisted.append((*tp, offset)),
+    )
+    table.changelog_topic = SimpleNamespace(get_topic_name=lambda: "app-patients-changelog")
+    policy = resolve_policy(None)
+    broker = FakeBroker()
+    sent = DeliveredOutputs.__new__(DeliveredOutputs)
+    sent.producer = broker
+    topics = [SimpleNamespace(get_topic_name=lambda name=name: name) for name in ("esc", "dlq")]
+    watcher = Monitor(Settings(clock="event"), policy, table, *topics,  # type: ignore[arg-type]
+                      WorkerMetrics(CollectorRegistry(), policy), sent)  # fmt: skip
+
+    async def scenario() -> list[int]:
+        acked: list[int] = []
+        events = [FakeEvent(1, acked, "p1"), FakeEvent(2, acked, "p2")]
+        handling = asyncio.ensure_future(handled(watcher, events))
+        await until(lambda: len(broker.records) == 2)
+        broker.fates.update({0: None, 1: None})  # the escalations
+        await until(lambda: len(broker.records) == 5)  # p1, p2 and the clock: the changelog
+        assert db.get(b"p1") is not None and persisted == [] and acked == []
+        broker.fates.update({2: None, 3: None, 4: None})
+        await handling
+        return acked
+
+    assert asyncio.run(scenario()) == [1, 2]
+    assert [topic for topic, _ in broker.records[2:]] == ["app-patients-changelog"] * 3
+    assert sorted(key for _, key in broker.records[2:]) == [b"\0clock/0", b"p1", b"p2"]
+    assert persisted == [("app-patients-changelog", 0, 44)]  # the last changelog offset
+    assert decode_state(db[b"p1"]).care_step == 1
+    db.close()
