@@ -443,8 +443,9 @@ async def take_batches(stream: Any, max_events: int, linger: float) -> AsyncIter
     (faust-streaming #497). This reads the queue the conductor fills for the agent's stream
     and keeps, per event, what ``Stream._py_aiter`` does that matters: an event of an older
     consumer generation, or delivered while flow control is suspended (a rebalance), is
-    skipped and acknowledged, as faust does; every other is tracked as not yet acknowledged,
-    so that faust commits no offset past it and a stop or a rebalance waits for it.
+    skipped (faust also acknowledges it: not here, see below); every other is tracked as not
+    yet acknowledged, so that faust commits no offset past it and a stop or a rebalance waits
+    for it.
     """
     app = stream.app
     queue = stream.channel.queue
@@ -462,10 +463,11 @@ async def take_batches(stream: Any, max_events: int, linger: float) -> AsyncIter
         deadline = loop.time() + linger
         while True:
             message = event.message
-            if not flow_control.is_active() or message.generation_id != app.consumer_generation_id:
-                event.ack()  # faust acknowledges the events it skips
-            else:
+            if flow_control.is_active() and message.generation_id == app.consumer_generation_id:
                 batch.append(event)
+            # Else dropped, not acknowledged (faust's iterator acknowledges the events it skips,
+            # which lets a commit pass them): never tracked, it holds up no stop, and the seek
+            # after the rebalance delivers it again.
             if len(batch) >= max_events:
                 break
             if not queue.empty():
