@@ -18,10 +18,13 @@ patients, then the event's own escalations follow. N jobs split the patients, no
 
   1. each job parses its records and returns the (line, occurred_at) of its valid events and
      the (line, reason) of the rejected ones;
-  2. the parent merges them into the clock's steps, (line, new clock) at every line where the
-     global clock grows, and sends the steps to every job. Each job then runs its engine over
-     the chunk: ``advance_to(clock)`` at every step's line (its own or another job's), and
-     ``process(event)`` at its own events' lines.
+  2. the parent merges them into the clock's steps, (line, clock after the line) for every
+     valid line, and sends the steps to every job. Each job then runs its engine over the
+     chunk: ``advance_to(clock)`` at every step's line (its own or another job's), and
+     ``process(event)`` at its own events' lines. Every valid line, not only those where the
+     clock grows: one engine fires the timers due before the clock at every line, and a late
+     event (older than the clock) can make a timer of its patient due at once; it fires at the
+     next valid line, whoever's it is.
 
   Jobs parse chunk c + 1 while the parent merges chunk c, so nobody waits for long.
 * **The merge key.** With one engine, the escalations of input line L are, in this order: the
@@ -151,6 +154,8 @@ def replay_parallel(
             process.start()
         parent = _Parent(reader, jobs, inboxes, outboxes, processes)
         summary, patients = parent.run(output, until, strict, rejects, progress)
+        for process in processes:
+            process.join()  # each has sent its last message: ends at once
     finally:
         reader.close()
         for process in processes:
@@ -286,7 +291,12 @@ class _Parent:
         return 0 if patient is None else partition_of(patient, self.jobs)
 
     def _steps(self, times: list[tuple[int, int]], stop: int | None) -> list[tuple[int, int]]:
-        """(line, clock) at every line (before ``stop``) where the global clock grows."""
+        """(line, clock after it) for every valid line before ``stop``.
+
+        Every line, not only those where the clock grows: one engine fires, at each valid
+        line, the timers due before the clock, and an event later than the clock can make a
+        timer already due (a late enrollment: its visit is due before the clock). That timer
+        fires at the next valid line, whoever's it is."""
         steps = []
         clock = self.clock
         for number, at in times:
@@ -294,7 +304,7 @@ class _Parent:
                 break
             if clock is None or at > clock:
                 clock = at
-                steps.append((number, at))
+            steps.append((number, clock))
         self.clock = clock
         return steps
 
@@ -350,6 +360,7 @@ def _patient_of(record: Any) -> bytes | str | None:
 
 def _job(policy: Policy, inbox: Queue[Any], outbox: Queue[Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's terminate() ends a job
     try:
         _Job(policy, outbox).serve(inbox)
     except BaseException as exc:  # reported to the parent, which stops
