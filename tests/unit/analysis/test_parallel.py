@@ -80,7 +80,8 @@ def logs(draw: st.DrawFn) -> list[bytes]:
         }
         if kind == "SURVEY_SUBMITTED":
             missing = ("GP1", "GP2", "GP3", "GP4") if draw(st.booleans()) else ()
-            event["survey"] = {"instrument": "FACT-L", "responses": form(draw(st.integers(40, 136)), missing)}  # fmt: skip
+            responses = form(draw(st.integers(40, 136)), missing)
+            event["survey"] = {"instrument": "FACT-L", "responses": responses}
         if choice == 3:  # not canonical: the parent decodes it to find the patient
             lines.append(json.dumps(event, indent=None, separators=(", ", ": ")).encode())
         elif choice == 4:
