@@ -90,19 +90,20 @@ def parse_time(text: object) -> int:
     if type(text) is str and len(text) == 20 and text[10] == "T" and text[19] == "Z":
         day = _DATES.get(text[:10])
         if day is not None:
-            second = _SECONDS_OF_DAY.get(text[11:19])
-            if second is not None:
-                return day + second
+            minute = _MINUTES.get(text[11:16])
+            second = _SECONDS.get(text[16:19])
+            if minute is not None and second is not None:
+                return day + minute + second
     return _parse_time_slow(text)
 
 
-# The tables of parse_time's fast path: "YYYY-MM-DD" -> ms at its midnight, "HH:MM:SS" -> ms
-# since midnight. Only parts of valid times go in (from _parse_time_slow); the dates are
-# cleared when there are _DATES_LIMIT of them (27 years of days), the times of day are at
-# most 86,400.
+# The tables of parse_time's fast path: "YYYY-MM-DD" -> ms at its midnight, filled only with
+# the dates of valid times (by _parse_time_slow) and cleared when there are _DATES_LIMIT of
+# them (27 years of days); every "HH:MM" -> ms since midnight, every ":SS" -> ms.
 _DATES: dict[str, int] = {}
-_SECONDS_OF_DAY: dict[str, int] = {}
 _DATES_LIMIT = 10_000
+_MINUTES = {f"{h:02d}:{m:02d}": (h * 60 + m) * 60_000 for h in range(24) for m in range(60)}
+_SECONDS = {f":{s:02d}": s * 1000 for s in range(60)}
 
 
 def _parse_time_slow(text: object) -> int:
@@ -121,7 +122,6 @@ def _parse_time_slow(text: object) -> int:
             if len(_DATES) >= _DATES_LIMIT:
                 _DATES.clear()
             _DATES[text[:10]] = midnight
-            _SECONDS_OF_DAY[text[11:19]] = of_day
             return midnight + of_day
     if not isinstance(text, str):
         raise EventError(f"timestamp must be an RFC 3339 string, got {type(text).__name__}")
