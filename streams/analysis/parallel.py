@@ -331,20 +331,28 @@ class _Parent:
             stash[message[0]].append(message)
 
 
+# The starts of canonical lines: compact (stepcare's writers) and json.dumps' default spacing.
+_CANONICAL = (
+    (b'{"event_id":"', b'","patient_id":"'),
+    (b'{"event_id": "', b'", "patient_id": "'),
+)
+
+
 def _patient_of(record: Any) -> bytes | str | None:
     """The patient id of a record, cheaply: the UTF-8 bytes from a canonical JSONL line, the
     value from a decoded record; None if it cannot be read (the record is rejected anyway).
 
-    Canonical JSONL (``{"event_id":"…","patient_id":"…",…``, as stepcare writes it) is read
-    without decoding JSON. The shortcut applies only to lines with no backslash (no escape can
+    Canonical JSONL (``{"event_id":"…","patient_id":"…",…``, as stepcare writes it, or with
+    ``json.dumps``' spaces) is read without decoding JSON. The shortcut applies only to lines with no backslash (no escape can
     hide a key or a quote) and one ``"patient_id"`` (JSON's last duplicate key would win);
     other lines are decoded. A CLOCK_TICK without a patient id has the id ""."""
     if type(record) is bytes:
-        if record.startswith(b'{"event_id":"') and b"\\" not in record:
-            end = record.find(b'"', 13)
-            if record.startswith(b'","patient_id":"', end) and record.count(b'"patient_id"') == 1:
-                start = end + 16
-                return record[start : record.find(b'"', start)]
+        for first, second in _CANONICAL:
+            if record.startswith(first) and b"\\" not in record:
+                end = record.find(b'"', len(first))
+                if record.startswith(second, end) and record.count(b'"patient_id"') == 1:
+                    start = end + len(second)
+                    return record[start : record.find(b'"', start)]
         try:
             record = orjson.loads(record)
         except orjson.JSONDecodeError:
