@@ -343,9 +343,10 @@ def _patient_of(record: Any) -> bytes | str | None:
     value from a decoded record; None if it cannot be read (the record is rejected anyway).
 
     Canonical JSONL (``{"event_id":"…","patient_id":"…",…``, as stepcare writes it, or with
-    ``json.dumps``' spaces) is read without decoding JSON. The shortcut applies only to lines with no backslash (no escape can
-    hide a key or a quote) and one ``"patient_id"`` (JSON's last duplicate key would win);
-    other lines are decoded. A CLOCK_TICK without a patient id has the id ""."""
+    ``json.dumps``' spaces) is read without decoding JSON. The shortcut applies only to lines
+    with no backslash (no escape can hide a key or a quote) and one ``"patient_id"`` (JSON's
+    last duplicate key would win); other lines are decoded. A CLOCK_TICK without a patient id
+    has the id ""."""
     if type(record) is bytes:
         for first, second in _CANONICAL:
             if record.startswith(first) and b"\\" not in record:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import hashlib
 import statistics
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -122,8 +121,11 @@ NEW_PATIENT = PatientState()
 ENDED = PatientState(ended=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
+    """What applying an event (or advancing the clock) did to one patient.
+
+    A NamedTuple, not a frozen dataclass: made for every event, it is 1 us cheaper so."""
+
     state: PatientState
     escalations: tuple[Escalation, ...] = ()
     outcome: Outcome = Outcome.APPLIED
