@@ -204,11 +204,10 @@ def score_fact_l(responses: Mapping[str, int | None]) -> FactLScore:
     Raises :class:`ScoringError` for an unknown item code or a response that is not a whole
     number 0-4 or None (booleans, 2.5 and "3" are all refused).
     """
-    # Speed (10.6 -> 8.8 us a form, then 5 us with the table of scores below): when every
-    # response is a plain int or None and every (code, response) pair is a known valid one, the
-    # whole form is one sum of packed numbers; anything else (a bool, 2.5, "3", 7, an unknown
-    # code) takes the loop, which checks each item and raises with its code. The type check
-    # comes first: True == 1 and 1.0 == 1.
+    # Speed (10.6 -> 8.8 us a form): when every response is a plain int or None and every
+    # (code, response) pair is a known valid one, the whole form is one sum of packed numbers;
+    # anything else (a bool, 2.5, "3", 7, an unknown code) takes the loop, which checks each
+    # item and raises with its code. The type check comes first: True == 1 and 1.0 == 1.
     fields = -1
     if _PLAIN_TYPES.issuperset(map(type, responses.values())):
         try:
@@ -216,28 +215,14 @@ def score_fact_l(responses: Mapping[str, int | None]) -> FactLScore:
         except KeyError:
             fields = -1
     if fields >= 0:
-        # The packed sums say everything the scores depend on: forms with the same ones have
-        # the same scores (an immutable FactLScore, shared; 8.8 -> 5 us a form).
-        known = _SCORES.get(fields)
-        if known is not None:
-            return known
-        p, s, e, f = (
+        return _score(
             fields & 0xFFFF,
             fields >> 16 & 0xFFFF,
             fields >> 32 & 0xFFFF,
             fields >> 48 & 0xFFFF,
+            fields >> 64 & 0xFFFF,
         )
-        lc = fields >> 64 & 0xFFFF
-        score = _score(p, s, e, f, lc)
-        if len(_SCORES) >= _SCORES_LIMIT:
-            _SCORES.clear()
-        _SCORES[fields] = score
-        return score
     return _score(*_accumulate(responses))
-
-
-_SCORES: dict[int, FactLScore] = {}  # packed sums of a form (fast path) -> its scores
-_SCORES_LIMIT = 100_000
 
 
 def _score(p: int, s: int, e: int, f: int, lc: int) -> FactLScore:
