@@ -241,43 +241,49 @@ class _Parent:
             patients += count
         return summary, patients
 
-    def _records(self, reader: LogReader) -> Iterator[tuple[int, Any]]:
-        """(line, raw JSONL line or decoded Avro record) per record to replay; blank lines
-        are skipped (their numbers are kept), as ``read_events`` does."""
-        if reader.avro:
-            yield from reader
-            return
+    def _records(self, reader: LogReader) -> Iterator[list[tuple[int, Any]]]:
+        """Lists of up to ``CHUNK`` (line, raw JSONL line or decoded Avro record); blank lines
+        are skipped (their numbers are kept), as ``read_events`` does. A read error (damage)
+        comes after the list of the records before it."""
+        chunk: list[tuple[int, Any]] = []
         try:
-            for number, line in numbered_lines(reader.fo):
-                if line.strip():
-                    yield number, line
+            if reader.avro:
+                for item in reader:
+                    chunk.append(item)
+                    if len(chunk) == CHUNK:
+                        yield chunk
+                        chunk = []
+            else:
+                for number, line in numbered_lines(reader.fo):
+                    if line.strip():
+                        chunk.append((number, line))
+                        if len(chunk) == CHUNK:
+                            yield chunk
+                            chunk = []
         except OSError as exc:
-            raise FileError(f"cannot read {reader.name}: {exc.strerror}") from None
+            self.read_error = FileError(f"cannot read {reader.name}: {exc.strerror}")
+        except FileError as exc:
+            self.read_error = exc
+        if chunk:
+            yield chunk
 
     def _send_chunk(self) -> int:
         """Read up to ``CHUNK`` records and send each job its own; 0 when the log is done."""
-        if self.read_error is not None:
+        chunk = next(self.records, None)  # after damage: what came before it, then None
+        if chunk is None:
             return 0
         numbers: list[list[int]] = [[] for _ in range(self.jobs)]
         payloads: list[list[Any]] = [[] for _ in range(self.jobs)]
         job_of = self.job_of
-        count = 0
-        try:
-            for number, record in self.records:
-                patient = _patient_of(record)
-                job = job_of.get(patient)
-                if job is None:
-                    job = job_of[patient] = self._job_of(patient)
-                numbers[job].append(number)
-                payloads[job].append(record)
-                self.last_line = number
-                count += 1
-                if count == CHUNK:
-                    break
-        except FileError as exc:  # a damaged container: first replay what came before it
-            self.read_error = exc
-        if not count:
-            return 0
+        patient_of = _patient_of
+        for number, record in chunk:
+            patient = patient_of(record)
+            job = job_of.get(patient)
+            if job is None:
+                job = job_of[patient] = self._job_of(patient)
+            numbers[job].append(number)
+            payloads[job].append(record)
+        self.last_line = chunk[-1][0]
         for k, inbox in enumerate(self.inboxes):
             inbox.put(("lines", numbers[k], payloads[k]))
         return 1

@@ -20,6 +20,7 @@ from streams.cli import main
 from streams.clinical.events import DAY_MS, format_time
 from streams.clinical.policy import resolve_policy
 from streams.formats.avro import write_avro_log
+from streams.formats.files import FileError
 from streams.formats.logs import read_events
 from tests.stories import STEP_PC, form
 
@@ -98,7 +99,7 @@ def run_one(path: Path, until: int | None, strict: bool) -> tuple[str, str, str,
         summary, engine = replay_events(
             read_events(str(path)), STEP_PC, out, until=until, strict=strict, rejects=rejects
         )
-    except RejectedLine as exc:
+    except (RejectedLine, FileError) as exc:
         return out.getvalue(), rejects.getvalue(), f"error: {exc}", -1
     summary.seconds = 0
     return out.getvalue(), rejects.getvalue(), summary.text(len(engine.states)), 0
@@ -110,7 +111,7 @@ def run_many(path: Path, jobs: int, until: int | None, strict: bool) -> tuple[st
         summary, patients = replay_parallel(
             str(path), STEP_PC, out, jobs, until=until, strict=strict, rejects=rejects
         )
-    except RejectedLine as exc:
+    except (RejectedLine, FileError) as exc:
         return out.getvalue(), rejects.getvalue(), f"error: {exc}", -1
     summary.seconds = 0
     return out.getvalue(), rejects.getvalue(), summary.text(patients), 0
@@ -147,6 +148,30 @@ def test_an_avro_container_gives_the_bytes_of_one_job(tmp_path: Path) -> None:
     one = run_one(path, until, False)
     assert one[0].count("\n") == 17
     assert run_many(path, 2, until, False) == one
+
+
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_a_damaged_avro_container_gives_what_one_job_gives(
+    tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The records before the damage are replayed, then the same error (one job: FileError)."""
+    example = Path(__file__).resolve().parents[3] / "examples" / "three-patients.jsonl"
+    base = [json.loads(line) for line in example.read_text().splitlines() if line.strip()]
+    objs = [
+        obj | {"event_id": f"{obj['event_id']}-{n}", "patient_id": f"{obj['patient_id']}-{n}"}
+        for n in range(40)
+        for obj in base
+    ]
+    path = tmp_path / "log.avro"
+    with path.open("wb") as out:
+        write_avro_log(out, objs)
+    data = bytearray(path.read_bytes())
+    data[len(data) * 3 // 4] ^= 0xFF
+    path.write_bytes(bytes(data))
+    one = run_one(path, None, False)
+    assert one[2].startswith("error: ") and one[0].count("\n") > 100
+    monkeypatch.setattr(parallel, "CHUNK", chunk)
+    assert run_many(path, 2, None, False) == one
 
 
 def test_cli_jobs_2_writes_the_bytes_of_jobs_1(
