@@ -71,6 +71,7 @@ from streams.formats.logs import LogReader
 
 MAX_JOBS = 64
 CHUNK = 16_384  # records per chunk: big enough that the per-chunk exchange costs little
+AHEAD = 3  # chunks sent before the first merge (jobs hold at most this many parsed chunks)
 _LAST_LINE = sys.maxsize  # the line of --until's timers: after every line of the log
 _JOB_POLL = 1.0  # seconds between checks that the jobs are still alive while waiting
 
@@ -188,7 +189,6 @@ class _Parent:
         self.job_of: dict[bytes | str | None, int] = {}  # patient id (bytes or str) -> job
         self.stash: list[dict[str, deque[Any]]] = [defaultdict(deque) for _ in range(jobs)]
         self.clock: int | None = None
-        self.last_line = 0
 
     def run(
         self,
@@ -199,18 +199,29 @@ class _Parent:
         progress: Callable[[int], None] | None,
     ) -> tuple[ReplaySummary, int]:
         rejected = 0
-        pending = self._send_chunk() + self._send_chunk()  # jobs parse ahead of the merge
-        while pending:
-            pending -= 1
-            parsed = [self._receive(k, "parsed") for k in range(self.jobs)]
-            times = sorted(t for message in parsed for t in message[1])
-            reasons = sorted(r for message in parsed for r in message[2])
-            stop = reasons[0][0] if strict and reasons else None
-            steps = self._steps(times, stop)
-            for inbox in self.inboxes:
-                inbox.put(("run", steps, stop))
-            if stop is None:
-                pending += self._send_chunk()
+        # Jobs parse AHEAD chunks ahead of the merge, and have the next chunk's clock before
+        # the parent waits for this chunk's escalations: a job that is done with a chunk does
+        # not wait for the slower one.
+        pending = sum(self._send_chunk() for _ in range(AHEAD))
+        running: deque[tuple[list[tuple[int, str]], int | None, int]] = deque()
+        while pending or running:
+            if pending:
+                pending -= 1
+                parsed = [self._receive(k, "parsed") for k in range(self.jobs)]
+                times = sorted(t for message in parsed for t in message[1])
+                reasons = sorted(r for message in parsed for r in message[2])
+                stop = reasons[0][0] if strict and reasons else None
+                steps = self._steps(times, stop)
+                for inbox in self.inboxes:
+                    inbox.put(("run", steps, stop))
+                running.append((reasons, stop, parsed[0][3]))
+                if stop is None:
+                    pending += self._send_chunk()
+                else:
+                    pending = 0  # nothing after the first bad line is run
+                if pending and len(running) < 2:
+                    continue
+            reasons, stop, last_line = running.popleft()
             results = [self._receive(k, "out") for k in range(self.jobs)]
             items = [item for message in results for item in message[1]]
             items.sort(key=itemgetter(0))
@@ -220,8 +231,8 @@ class _Parent:
             if reasons:
                 rejects.write("".join([f"line {n}: {reason}\n" for n, reason in reasons]))
                 rejected += len(reasons)
-            if progress is not None and self.last_line:
-                progress(self.last_line)
+            if progress is not None:
+                progress(last_line)
         if self.read_error is not None:
             raise self.read_error
         for inbox in self.inboxes:
@@ -283,9 +294,9 @@ class _Parent:
                 job = job_of[patient] = self._job_of(patient)
             numbers[job].append(number)
             payloads[job].append(record)
-        self.last_line = chunk[-1][0]
+        last = chunk[-1][0]
         for k, inbox in enumerate(self.inboxes):
-            inbox.put(("lines", numbers[k], payloads[k]))
+            inbox.put(("lines", numbers[k], payloads[k], last))
         return 1
 
     def _job_of(self, patient: bytes | str | None) -> int:
@@ -399,7 +410,7 @@ class _Job:
         while True:
             message = inbox.get()
             if message[0] == "lines":
-                self.outbox.put(self.parse(message[1], message[2]))
+                self.outbox.put((*self.parse(message[1], message[2]), message[3]))
             elif message[0] == "run":
                 self.outbox.put(("out", self.run(self.chunks.pop(0), message[1], message[2])))
             else:
