@@ -48,9 +48,11 @@ patients, then the event's own escalations follow. N jobs split the patients, no
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import signal
 import sys
+import threading
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -387,6 +389,7 @@ def _patient_of(record: Any) -> bytes | str | None:
 def _job(policy: Policy, inbox: Queue[Any], outbox: Queue[Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's terminate() ends a job
+    threading.Thread(target=_orphan_watch, args=(os.getppid(),), daemon=True).start()
     try:
         _Job(policy, outbox).serve(inbox)
     except BaseException as exc:  # reported to the parent, which stops
@@ -394,6 +397,15 @@ def _job(policy: Policy, inbox: Queue[Any], outbox: Queue[Any]) -> None:
     finally:
         outbox.close()
         outbox.join_thread()
+
+
+def _orphan_watch(parent: int) -> None:
+    """End the job at once if its parent is gone (SIGKILLed): it may be blocked on a pipe that
+    nobody will write to again."""
+    while True:
+        time.sleep(_JOB_POLL)
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 class _Job:
