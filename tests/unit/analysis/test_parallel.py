@@ -229,3 +229,52 @@ def test_stdin_and_strict_through_the_command_line(strict: bool) -> None:
     assert runs[0] == runs[1]
     assert runs[0][0] == (2 if strict else 0)
     assert runs[0][1].count(b"\n") == (5 if strict else 17)
+
+
+def test_ctrl_c_ends_every_job_with_no_traceback() -> None:
+    """Ctrl-C (SIGINT to the process group) while the parent waits for input: exit 130, one
+    process group gone, nothing on stderr."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "streams.cli", "replay", "--input", "-", "--jobs", "3"]
+    process = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert process.stdin is not None
+    try:
+        children: list[str] = []
+        for _ in range(200):  # the jobs start before the parent reads its input
+            found = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True)
+            children = found.stdout.decode().split()
+            if len(children) == 3:
+                break
+            time.sleep(0.05)
+        assert len(children) == 3
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert err == b""
+    for child in children:
+        for _ in range(100):
+            if not os.path.exists(f"/proc/{child}") or "Z" in _state(child):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"job {child} still runs")
+
+
+def _state(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(line for line in status if line.startswith("State:"))
+    except OSError:
+        return "Z"
