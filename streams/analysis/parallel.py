@@ -152,6 +152,8 @@ def replay_parallel(
         )
         for k in range(jobs)
     ]
+    for stream in (output, sys.stdout, sys.stderr):  # a forked job flushes its copy at exit
+        stream.flush()
     try:
         for process in processes:
             process.start()
