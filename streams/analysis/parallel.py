@@ -16,8 +16,8 @@ patients, then the event's own escalations follow. N jobs split the patients, no
   records, and sends each record to its job (the raw line: each record is parsed once, by its
   job). Per chunk, in two steps:
 
-  1. each job parses its records and returns the (line, occurred_at) of its valid events and
-     the (line, reason) of the rejected ones;
+  1. each job parses its records and returns their ``occurred_at`` (a mark for a rejected
+     one) and the (line, reason) of the rejected ones;
   2. the parent merges them into the clock's steps, (line, clock after the line) for every
      valid line, and sends the steps to every job. Each job then runs its engine over the
      chunk: ``advance_to(clock)`` at every step's line (its own or another job's), and
@@ -26,7 +26,8 @@ patients, then the event's own escalations follow. N jobs split the patients, no
      event (older than the clock) can make a timer of its patient due at once; it fires at the
      next valid line, whoever's it is.
 
-  Jobs parse chunk c + 1 while the parent merges chunk c, so nobody waits for long.
+  Jobs parse up to ``AHEAD`` chunks ahead, and get chunk c + 1's clock before the parent waits
+  for chunk c's escalations, so nobody waits for long.
 * **The merge key.** With one engine, the escalations of input line L are, in this order: the
   timers fired when the clock passes to L's value (popped from one heap ordered by (deadline,
   patient id); one patient's pop may fire several, in the order ``advance`` returns them), then
@@ -41,7 +42,7 @@ patients, then the event's own escalations follow. N jobs split the patients, no
   ``--strict`` the parent finds the first rejected line r, lets the jobs run every line before
   r, writes their escalations and then raises the same :class:`RejectedLine` as one job.
 * **Processes.** Forked; they ignore Ctrl-C (the parent ends them, on any error too). Each holds
-  its own patients' states and at most two chunks of its records: memory does not grow with
+  its own patients' states and at most ``AHEAD`` chunks of its records: memory does not grow with
   the log, and the log is held nowhere whole.
 """
 
@@ -54,6 +55,7 @@ import signal
 import sys
 import threading
 import time
+from array import array
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.process import BaseProcess
@@ -74,6 +76,7 @@ from streams.formats.logs import LogReader
 MAX_JOBS = 64
 CHUNK = 16_384  # records per chunk: big enough that the per-chunk exchange costs little
 AHEAD = 3  # chunks sent before the first merge (jobs hold at most this many parsed chunks)
+_REJECTED = -(2**63)  # the time of a rejected record in a job's times (below any valid time)
 _LAST_LINE = sys.maxsize  # the line of --until's timers: after every line of the log
 _JOB_POLL = 1.0  # seconds between checks that the jobs are still alive while waiting
 
@@ -191,6 +194,7 @@ class _Parent:
         self.records = self._records(reader)
         self.read_error: FileError | None = None  # raised once what came before is written
         self.job_of: dict[bytes | str | None, int] = {}  # patient id (bytes or str) -> job
+        self.sent: deque[tuple[list[int], bytearray]] = deque()  # chunks not yet run: lines, jobs
         self.stash: list[dict[str, deque[Any]]] = [defaultdict(deque) for _ in range(jobs)]
         self.clock: int | None = None
 
@@ -212,13 +216,13 @@ class _Parent:
             if pending:
                 pending -= 1
                 parsed = [self._receive(k, "parsed") for k in range(self.jobs)]
-                times = sorted(t for message in parsed for t in message[1])
                 reasons = sorted(r for message in parsed for r in message[2])
                 stop = reasons[0][0] if strict and reasons else None
-                steps = self._steps(times, stop)
+                numbers, order = self.sent.popleft()
+                steps = self._steps(numbers, order, [message[1] for message in parsed], stop)
                 for inbox in self.inboxes:
                     inbox.put(("run", steps, stop))
-                running.append((reasons, stop, parsed[0][3]))
+                running.append((reasons, stop, numbers[-1]))
                 if stop is None:
                     pending += self._send_chunk()
                 else:
@@ -291,6 +295,7 @@ class _Parent:
         payloads: list[list[Any]] = [[] for _ in range(self.jobs)]
         job_of = self.job_of
         patient_of = _patient_of
+        order = bytearray()  # the job of each record, in log order
         for number, record in chunk:
             patient = patient_of(record)
             job = job_of.get(patient)
@@ -298,9 +303,10 @@ class _Parent:
                 job = job_of[patient] = self._job_of(patient)
             numbers[job].append(number)
             payloads[job].append(record)
-        last = chunk[-1][0]
+            order.append(job)
+        self.sent.append(([number for number, _ in chunk], order))
         for k, inbox in enumerate(self.inboxes):
-            inbox.put(("lines", numbers[k], payloads[k], last))
+            inbox.put(("lines", numbers[k], payloads[k]))
         return 1
 
     def _job_of(self, patient: bytes | str | None) -> int:
@@ -311,23 +317,32 @@ class _Parent:
                 return 0
         return 0 if patient is None else partition_of(patient, self.jobs)
 
-    def _steps(self, times: list[tuple[int, int]], stop: int | None) -> list[tuple[int, int]]:
-        """(line, clock after it) for every valid line before ``stop``.
+    def _steps(
+        self, numbers: list[int], order: bytearray, times: list[array[int]], stop: int | None
+    ) -> tuple[array[int], array[int]]:
+        """(lines, clocks): the clock after every valid line before ``stop``.
 
         Every line, not only those where the clock grows: one engine fires, at each valid
         line, the timers due before the clock, and an event later than the clock can make a
         timer already due (a late enrollment: its visit is due before the clock). That timer
-        fires at the next valid line, whoever's it is."""
-        steps = []
+        fires at the next valid line, whoever's it is. ``times[k]`` holds job k's records'
+        times in their order (``_REJECTED`` for a rejected one)."""
+        lines, clocks = array("q"), array("q")
+        add_line, add_clock = lines.append, clocks.append
+        next_time = [iter(t).__next__ for t in times]
         clock = self.clock
-        for number, at in times:
+        for number, job in zip(numbers, order, strict=True):
+            at = next_time[job]()
+            if at == _REJECTED:
+                continue
             if stop is not None and number >= stop:
                 break
             if clock is None or at > clock:
                 clock = at
-            steps.append((number, clock))
+            add_line(number)
+            add_clock(clock)
         self.clock = clock
-        return steps
+        return lines, clocks
 
     def _receive(self, k: int, kind: str) -> Any:
         """The job's next message of this kind (a job may answer the next chunk's "lines"
@@ -424,7 +439,7 @@ class _Job:
         while True:
             message = inbox.get()
             if message[0] == "lines":
-                self.outbox.put((*self.parse(message[1], message[2]), message[3]))
+                self.outbox.put(self.parse(message[1], message[2]))
             elif message[0] == "run":
                 self.outbox.put(("out", self.run(self.chunks.pop(0), message[1], message[2])))
             else:
@@ -434,7 +449,7 @@ class _Job:
     def parse(self, numbers: list[int], payloads: list[Any]) -> tuple[Any, ...]:
         """As ``read_events`` does: (line, event) kept, (line, reason) for a rejected record."""
         events: list[tuple[int, PatientEvent]] = []
-        times: list[tuple[int, int]] = []
+        times = array("q")  # per record: its time, or _REJECTED
         reasons: list[tuple[int, str]] = []
         loads = orjson.loads
         for number, payload in zip(numbers, payloads, strict=True):
@@ -444,24 +459,27 @@ class _Job:
                     obj = loads(payload)
                 except orjson.JSONDecodeError:
                     reasons.append((number, str(json_line(payload)[1])))
+                    times.append(_REJECTED)
                     continue
                 if type(obj) is str:
                     reasons.append((number, "an event is a JSON object, not str"))
+                    times.append(_REJECTED)
                     continue
             try:
                 event = event_from_json(obj)
             except EventError as exc:
                 reasons.append((number, str(exc)))
+                times.append(_REJECTED)
                 continue
             events.append((number, event))
-            times.append((number, event.occurred_at))
+            times.append(event.occurred_at)
         self.chunks.append(events)
         return ("parsed", times, reasons)
 
     def run(
         self,
         events: list[tuple[int, PatientEvent]],
-        steps: list[tuple[int, int]],
+        steps: tuple[array[int], array[int]],
         stop: int | None,
     ) -> list[tuple[Key, str]]:
         """The chunk's events through the engine, the clock moved at every step's line."""
@@ -469,15 +487,16 @@ class _Job:
         out: list[tuple[Key, str]] = []
         fire = self._fire
         i = 0
-        n_steps = len(steps)
+        lines, clocks = steps
+        n_steps = len(lines)
         tick = EventType.CLOCK_TICK
         for number, event in events:
             if stop is not None and number >= stop:
                 break
-            while i < n_steps and steps[i][0] < number:
-                fire(out, steps[i][0], engine.advance_to(steps[i][1]))
+            while i < n_steps and lines[i] < number:
+                fire(out, lines[i], engine.advance_to(clocks[i]))
                 i += 1
-            if i < n_steps and steps[i][0] == number:
+            if i < n_steps and lines[i] == number:
                 i += 1  # this event's own step: process() moves the clock to its time
             fire(out, number, engine.advance_to(event.occurred_at))
             processed = engine.process(event)  # its timers have fired: its own escalations
@@ -491,7 +510,7 @@ class _Job:
                 self.kinds[escalation.kind] += 1
                 out.append((key, orjson.dumps(escalation.to_json()).decode() + "\n"))
         while i < n_steps:
-            fire(out, steps[i][0], engine.advance_to(steps[i][1]))
+            fire(out, lines[i], engine.advance_to(clocks[i]))
             i += 1
         return out
 
