@@ -41,7 +41,8 @@ patients, then the event's own escalations follow. N jobs split the patients, no
 * **Rejects and --strict.** Rejected lines are written in line order, chunk by chunk. With
   ``--strict`` the parent finds the first rejected line r, lets the jobs run every line before
   r, writes their escalations and then raises the same :class:`RejectedLine` as one job.
-* **Processes.** Forked; they ignore Ctrl-C (the parent ends them, on any error too). Each holds
+* **Processes.** Forked; they ignore Ctrl-C (the parent ends them, on any error too, and a job
+  whose parent was killed ends by itself within a second). Each holds
   its own patients' states and at most ``AHEAD`` chunks of its records: memory does not grow with
   the log, and the log is held nowhere whole.
 """
