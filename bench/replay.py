@@ -19,11 +19,15 @@ What it does:
 2. Times the whole offline path in-process on one core, ``streams.analysis.replay.replay`` over the
    file (JSON parsing, validation, FACT-L scoring, engine, JSON output to ``/dev/null``), with
    the clock advanced to 400 days after the last event at the end; then times the CLI end to
-   end once (``python -m streams.cli replay``, interpreter start-up included).
+   end once (``python -m streams.cli replay``, interpreter start-up included); then, with
+   ``--jobs N`` (default 2), the CLI with ``--jobs 1`` and ``--jobs N`` alternately, three
+   times each (the machine is shared: every round is reported, the goal judged best against
+   best).
 3. Measures the encoded state of every patient after the replay (``encode_state``): mean,
    median, p95 and max bytes, for all patients and for those still monitored.
 4. Prints a Markdown results block with the machine and the goals: >= 100,000 events/s on one
-   core, <= 512 bytes of state per patient (judged on the largest state).
+   core, ``--jobs 2`` >= 1.8x ``--jobs 1``, <= 512 bytes of state per patient (judged on the
+   largest state).
 5. With ``--profile``: runs cProfile over the in-process replay of the first 200,000 lines and
    prints the 15 functions with the most own time.
 """
@@ -61,6 +65,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(__file__).resolve().parent / ".data"
 
 GOAL_EVENTS_PER_SECOND = 100_000
+GOAL_JOBS_SPEEDUP = 1.8  # --jobs 2 against --jobs 1 on a 2-core machine
+JOBS_ROUNDS = 3
 GOAL_STATE_BYTES = 512
 UNTIL_AFTER_LAST = 400 * DAY_MS
 PROFILE_LINES = 200_000
@@ -298,10 +304,10 @@ class CliRun:
     stderr: str
 
 
-def replay_cli(path: Path, until: int) -> CliRun:
-    """``python -m streams.cli replay`` end to end (start-up, imports, replay, output)."""
+def replay_cli(path: Path, until: int, jobs: int = 1) -> CliRun:
+    """``python -m streams.cli replay --jobs N`` end to end (start-up, imports, replay, output)."""
     command = [sys.executable, "-m", "streams.cli", "replay", "--input", str(path)]
-    command += ["--output", os.devnull, "--until", format_time(until)]
+    command += ["--output", os.devnull, "--until", format_time(until), "--jobs", str(jobs)]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     return CliRun(time.perf_counter() - started, done.returncode, done.stderr.strip())
@@ -327,6 +333,36 @@ class SizeStats:
 
     def text(self) -> str:
         return f"mean {self.mean:.0f}, median {self.median:.0f}, p95 {self.p95}, max {self.max}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobsRun:
+    """``stepcare replay`` with 1 and with N jobs, run alternately (the machine is shared)."""
+
+    jobs: int
+    one: list[CliRun]  # --jobs 1, each round
+    many: list[CliRun]  # --jobs N, each round
+
+    @property
+    def ok(self) -> bool:
+        return all(r.returncode == 0 for r in (*self.one, *self.many))
+
+    def speedups(self) -> list[float]:
+        """Per round: seconds with one job / seconds with N."""
+        return [a.seconds / b.seconds for a, b in zip(self.one, self.many, strict=True)]
+
+    def best(self) -> tuple[float, float]:
+        """The fastest run of each (the least disturbed by other processes)."""
+        return min(r.seconds for r in self.one), min(r.seconds for r in self.many)
+
+
+def replay_jobs(path: Path, until: int, jobs: int, rounds: int = JOBS_ROUNDS) -> JobsRun:
+    """The CLI with ``--jobs 1`` and ``--jobs N``, alternately, ``rounds`` times each."""
+    one, many = [], []
+    for _ in range(rounds):
+        one.append(replay_cli(path, until, 1))
+        many.append(replay_cli(path, until, jobs))
+    return JobsRun(jobs, one, many)
 
 
 def profile_replay(path: Path, policy: Policy) -> None:
@@ -359,7 +395,9 @@ def rate(events: int, seconds: float) -> float:
     return events / seconds if seconds > 0 else 0.0
 
 
-def report(log: GeneratedLog, run: ReplayRun, cli: CliRun, seed: int) -> None:
+def report(
+    log: GeneratedLog, run: ReplayRun, cli: CliRun, seed: int, jobs: JobsRun | None = None
+) -> None:
     in_process = rate(run.events, run.seconds)
     cli_rate = rate(run.events, cli.seconds)
     everyone = SizeStats.of([len(encode_state(s)) for s in run.states])
@@ -384,6 +422,7 @@ def report(log: GeneratedLog, run: ReplayRun, cli: CliRun, seed: int) -> None:
             goal_rate,
             status(cli.returncode == 0 and cli_rate >= GOAL_EVENTS_PER_SECOND),
         ),
+        *([] if jobs is None else jobs_rows(jobs, run.events)),
         (
             f"State bytes/patient, all ({everyone.patients:,})",
             everyone.text(),
@@ -425,6 +464,33 @@ def report(log: GeneratedLog, run: ReplayRun, cli: CliRun, seed: int) -> None:
         print(f"\nThe CLI failed:\n{cli.stderr}")
 
 
+def jobs_rows(jobs: JobsRun, events: int) -> list[tuple[str, str, str, str]]:
+    """The Goals rows of ``--jobs 1`` against ``--jobs N`` (CLI end to end, every round)."""
+    if not jobs.ok:
+        return [(f"Replay CLI --jobs {jobs.jobs}", "failed", "", status(False))]
+    one, many = jobs.best()
+    rounds = ", ".join(f"{x:.2f}x" for x in jobs.speedups())
+    return [
+        (
+            f"Replay CLI --jobs 1 / --jobs {jobs.jobs} (best of {len(jobs.one)})",
+            f"{rate(events, one):,.0f} / {rate(events, many):,.0f} events/s "
+            f"({one:.1f} s / {many:.1f} s)",
+            goal_rate_text(),
+            status(rate(events, many) >= GOAL_EVENTS_PER_SECOND),
+        ),
+        (
+            f"Replay --jobs {jobs.jobs} speed-up over --jobs 1",
+            f"{one / many:.2f}x best against best (rounds: {rounds})",
+            f"≥ {GOAL_JOBS_SPEEDUP:g}x",
+            status(one / many >= GOAL_JOBS_SPEEDUP),
+        ),
+    ]
+
+
+def goal_rate_text() -> str:
+    return f"≥ {GOAL_EVENTS_PER_SECOND:,} events/s"
+
+
 # -- command ------------------------------------------------------------------------------------
 
 
@@ -441,6 +507,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="do not delete the log at the end")
     parser.add_argument(
         "--profile", action="store_true", help=f"cProfile the first {PROFILE_LINES:,} lines"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help=f"also time the CLI with --jobs 1 and --jobs N, alternately, {JOBS_ROUNDS} times "
+        "each (default 2; 1: skip)",
     )
     return parser.parse_args(argv)
 
@@ -466,7 +539,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"in-process replay: {run.seconds:.1f} s", flush=True)
         cli = replay_cli(path, until)
         print(f"CLI replay: {cli.seconds:.1f} s; it said: {cli.stderr}", flush=True)
-        report(log, run, cli, args.seed)
+        jobs = None
+        if args.jobs > 1:
+            jobs = replay_jobs(path, until, args.jobs)
+            print(
+                f"CLI --jobs 1: {', '.join(f'{r.seconds:.1f}' for r in jobs.one)} s; "
+                f"--jobs {args.jobs}: {', '.join(f'{r.seconds:.1f}' for r in jobs.many)} s",
+                flush=True,
+            )
+        report(log, run, cli, args.seed, jobs)
         if args.profile:
             profile_replay(path, policy)
     finally:

@@ -16,6 +16,7 @@ from typing import IO
 import orjson
 
 from streams.clinical.engine import Outcome
+from streams.clinical.escalations import Escalation
 from streams.clinical.events import EventType, PatientEvent
 from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import Policy
@@ -93,30 +94,41 @@ def replay_events(
     summary = ReplaySummary()
     started = time.monotonic()
     write = output.write
+    process = engine.process
+    outcomes, kinds = summary.outcomes, summary.escalations
+    tick = EventType.CLOCK_TICK
+    events = 0
     for number, item in records:
-        if isinstance(item, str):
+        if type(item) is str:
             if strict:
                 raise RejectedLine(number, item)
             summary.rejected += 1
             rejects.write(f"line {number}: {item}\n")
             continue
-        processed = engine.process(item)
+        processed = process(item)
         if progress is not None and not number & 0x3FFF:  # every 16,384 lines
             progress(number)
-        if item.type is not EventType.CLOCK_TICK:
-            summary.events += 1
-            summary.outcomes[processed.outcome] += 1
-        for kind in processed.suppressed:
-            summary.suppressed[kind] += 1
-        for escalation in processed.escalations:
-            summary.escalations[escalation.kind] += 1
-            write(canonical_json(escalation.to_json()) + "\n")
+        if item.type is not tick:
+            events += 1
+            outcomes[processed.outcome] += 1
+        if processed.suppressed:
+            summary.suppressed.update(processed.suppressed)
+        if processed.escalations:
+            write(render(processed.escalations, kinds))
+    summary.events = events
     if until is not None:
-        for escalation in engine.advance_to(until):
-            summary.escalations[escalation.kind] += 1
-            write(canonical_json(escalation.to_json()) + "\n")
+        write(render(engine.advance_to(until), kinds))
     summary.seconds = time.monotonic() - started
     return summary, engine
+
+
+def render(escalations: Iterable[Escalation], kinds: Counter[str]) -> str:
+    """Escalations as JSONL lines (``canonical_json``), counted by kind in ``kinds``."""
+    lines = []
+    for escalation in escalations:
+        kinds[escalation.kind] += 1
+        lines.append(orjson.dumps(escalation.to_json(), option=orjson.OPT_APPEND_NEWLINE))
+    return b"".join(lines).decode()
 
 
 def canonical_json(obj: object) -> str:

@@ -47,9 +47,8 @@ from __future__ import annotations
 
 import hashlib
 import statistics
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from streams.clinical.escalations import Escalation, Kind, Reason, escalation_id
 from streams.clinical.events import DAY_MS, EventType, PatientEvent, format_time
@@ -102,12 +101,31 @@ class PatientState(NamedTuple):
     totals: tuple[tuple[int, float], ...] = ()  # recent valid totals (rolling baseline mode)
 
 
+def _replace_state(state: PatientState, **changes: Any) -> PatientState:
+    """``PatientState._replace``, twice as fast (1.2 -> 0.6 us; the engine replaces a state
+    about twice per event): the fields as a list, the changed ones set, one tuple made."""
+    values = list(state)
+    try:
+        for name, value in changes.items():
+            values[_STATE_FIELDS[name]] = value
+    except KeyError:
+        raise ValueError(f"Got unexpected field names: {list(changes)!r}") from None
+    return _new_tuple(PatientState, values)
+
+
+_STATE_FIELDS = {name: i for i, name in enumerate(PatientState._fields)}
+_new_tuple = tuple.__new__
+PatientState._replace = _replace_state  # type: ignore[assignment,method-assign]
+
 NEW_PATIENT = PatientState()
 ENDED = PatientState(ended=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(NamedTuple):
+    """What applying an event (or advancing the clock) did to one patient.
+
+    A NamedTuple, not a frozen dataclass: made for every event, it is 1 us cheaper so."""
+
     state: PatientState
     escalations: tuple[Escalation, ...] = ()
     outcome: Outcome = Outcome.APPLIED
@@ -338,12 +356,12 @@ def next_deadline(state: PatientState) -> int | None:
     """The earliest pending timer of the patient (what the partition's timer index holds)."""
     if state.ended or state.care_step == 0:
         return None
-    deadlines = []
-    if state.request is not None and not state.request.overdue_sent:
-        deadlines.append(state.request.due_by)
-    if state.care_step == 1 and state.survey_due is not None:
-        deadlines.append(state.survey_due)
-    return min(deadlines) if deadlines else None
+    request = state.request
+    visit = request.due_by if request is not None and not request.overdue_sent else None
+    survey = state.survey_due if state.care_step == 1 else None
+    if visit is None or (survey is not None and survey < visit):
+        return survey
+    return visit
 
 
 def advance(

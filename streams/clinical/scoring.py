@@ -164,17 +164,8 @@ def _checked(code: str, response: object) -> int:
     return int(response)
 
 
-def score_fact_l(responses: Mapping[str, int | None]) -> FactLScore:
-    """Score one FACT-L (version 4) form.
-
-    ``responses`` maps item codes (``"GP1"`` ... ``"L5"``) to the response 0-4, or None when the
-    item was not answered; an absent item counts as not answered. Reverse scoring, proration and
-    the validity rules are those of the module documentation: a subscale needs more than half of
-    its items, a total needs all its subscales and more than 80% of its items.
-
-    Raises :class:`ScoringError` for an unknown item code or a response that is not a whole
-    number 0-4 or None (booleans, 2.5 and "3" are all refused).
-    """
+def _accumulate(responses: Mapping[str, int | None]) -> tuple[int, int, int, int, int]:
+    """The packed accumulators of PWB, SWB, EWB, FWB and LCS, every item checked."""
     acc = [0, 0, 0, 0, 0, 0]  # PWB, SWB, EWB, FWB, LCS, discarded (B5, L5)
     get = _ITEMS.get
     for code, response in responses.items():
@@ -188,8 +179,54 @@ def score_fact_l(responses: Mapping[str, int | None]) -> FactLScore:
             response = _checked(code, response)
         index, packed = entry
         acc[index] += packed[response]
+    return acc[0], acc[1], acc[2], acc[3], acc[4]
 
-    p, s, e, f, lc = acc[0], acc[1], acc[2], acc[3], acc[4]
+
+# The fast path of score_fact_l: every valid (code, response) pair -> its packed number shifted
+# to its subscale's 16-bit field (PWB lowest, then SWB, EWB, FWB, LCS; B5 and L5 beyond), so
+# that one sum over a form gives every accumulator (a field holds at most 7 << 8 | 28).
+_PAIR_FIELDS: dict[tuple[str, int | None], int] = {
+    (code, response): packed[response] << (16 * index)
+    for code, (index, packed) in _ITEMS.items()
+    for response in range(5)
+} | {(code, None): 0 for code in _ITEMS}
+_PLAIN_TYPES = frozenset({int, type(None)})
+
+
+def score_fact_l(responses: Mapping[str, int | None]) -> FactLScore:
+    """Score one FACT-L (version 4) form.
+
+    ``responses`` maps item codes (``"GP1"`` ... ``"L5"``) to the response 0-4, or None when the
+    item was not answered; an absent item counts as not answered. Reverse scoring, proration and
+    the validity rules are those of the module documentation: a subscale needs more than half of
+    its items, a total needs all its subscales and more than 80% of its items.
+
+    Raises :class:`ScoringError` for an unknown item code or a response that is not a whole
+    number 0-4 or None (booleans, 2.5 and "3" are all refused).
+    """
+    # Speed (10.6 -> 8.8 us a form): when every response is a plain int or None and every
+    # (code, response) pair is a known valid one, the whole form is one sum of packed numbers;
+    # anything else (a bool, 2.5, "3", 7, an unknown code) takes the loop, which checks each
+    # item and raises with its code. The type check comes first: True == 1 and 1.0 == 1.
+    fields = -1
+    if _PLAIN_TYPES.issuperset(map(type, responses.values())):
+        try:
+            fields = sum(map(_PAIR_FIELDS.__getitem__, responses.items()))
+        except KeyError:
+            fields = -1
+    if fields >= 0:
+        return _score(
+            fields & 0xFFFF,
+            fields >> 16 & 0xFFFF,
+            fields >> 32 & 0xFFFF,
+            fields >> 48 & 0xFFFF,
+            fields >> 64 & 0xFFFF,
+        )
+    return _score(*_accumulate(responses))
+
+
+def _score(p: int, s: int, e: int, f: int, lc: int) -> FactLScore:
+    """The scores from the packed accumulators of PWB, SWB, EWB, FWB and LCS."""
     n_pwb, n_swb, n_ewb, n_fwb, n_lcs = (
         p >> _SHIFT,
         s >> _SHIFT,

@@ -391,6 +391,7 @@ def adt_to_event(
         elif patient_class and patient_class not in inpatient_classes:
             return Ignored("hl7-not-inpatient", f"{name} patient class {patient_class[:5]}")
 
+    assert occurred_at is not None  # _first_time(required=True) raised otherwise
     sender = f"{msg.raw(msh, 3)}|{msg.raw(msh, 4)}"
     attributes = {"hl7_trigger": trigger}
     if patient_class:
