@@ -94,6 +94,7 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
         else TransactionalOutputs(app)
     )
     monitor = Monitor(settings, policy, patients, escalations, dead_letters, metrics, outputs)
+    monitor.flowing = app.flow_control.is_active
 
     if settings.processing_guarantee == "at_least_once":
 

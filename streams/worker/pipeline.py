@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -100,6 +100,8 @@ class Monitor:
         # at_least_once: sealed batches waiting for their outputs' acks, in input order.
         self.sealed: asyncio.Queue[Batch] = asyncio.Queue(SEALED_BATCHES)
         self.generation = 0  # of the partition assignment: bumped by every rebalance
+        # faust's flow control: False from the start of a rebalance to the end of its recovery.
+        self.flowing: Callable[[], bool] = lambda: True
 
     def reset(self) -> None:
         """Forget in-memory engines; they are rebuilt from the (recovered) table on next use."""
@@ -120,7 +122,14 @@ class Monitor:
         generation = self.generation
         batch = self.batch
         set_current = faust_streams._current_event.set
+        flowing = self.flowing
         for event in events:
+            if not flowing():
+                # A rebalance began: the rest of the batch is left unacknowledged (delivered
+                # again after it), what was handled is completed below, before the rebalance's
+                # commit (exactly_once: that commit waits for this batch, which holds the lock;
+                # the transactions it ends get nothing after it).
+                break
             # faust's table reads take the partition from the current event: this record's
             # (without it, RocksDB is searched across partitions for the key).
             set_current(weakref.ref(event))

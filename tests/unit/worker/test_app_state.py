@@ -377,3 +377,22 @@ def test_with_rocksdb_a_batch_is_one_write_its_changelog_acked_then_its_offset_r
     assert persisted == [("app-patients-changelog", 0, 44)]  # the last changelog offset
     assert decode_state(db[b"p1"]).care_step == 1
     db.close()
+
+
+def test_a_rebalance_that_begins_mid_batch_leaves_the_rest_of_it_unacknowledged() -> None:
+    async def scenario() -> tuple[list[int], list[tuple[str, bytes | None]]]:
+        table = FakeTable()
+        watcher, broker = monitor(table)
+        acked: list[int] = []
+        flows = iter([True, False])  # faust suspends the flow after the first record
+        watcher.flowing = lambda: next(flows, False)
+        events = [FakeEvent(1, acked, "p1"), FakeEvent(2, acked, "p2")]
+        handling = asyncio.ensure_future(handled(watcher, events))
+        await until(lambda: len(broker.records) == 1)
+        broker.fates[0] = None
+        await handling
+        return acked, broker.records
+
+    acked, records = asyncio.run(scenario())
+    assert acked == [1]  # p2's record is delivered again after the rebalance
+    assert records == [("esc", b"p1")]
