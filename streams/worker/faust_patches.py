@@ -57,6 +57,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+from streams.errors import StepcareError
+
 log = logging.getLogger(__name__)
 
 #: The faust versions whose ``Recovery.on_recovery_completed``/``_resume_streams`` this module
@@ -64,6 +66,10 @@ log = logging.getLogger(__name__)
 PATCHED_VERSIONS = frozenset({"0.15.3"})
 
 _MARK = "_stepcare_faustfix_applied"
+
+
+class UnsupportedFaust(StepcareError):
+    """The installed faust-streaming is not a version these patches were written for."""
 
 
 async def _on_recovery_completed(self: Any, generation_id: int = 0) -> None:
@@ -154,24 +160,22 @@ def _snapshot_getmany(original: Any) -> Any:
 def apply() -> bool:
     """Patch faust's ``Recovery`` class in place; idempotent. Returns True if patched.
 
-    Raises RuntimeError on a faust version this was not written for, so an upgrade cannot
-    silently run with (or without) a stale copy of faust code: re-check the bug, then update
-    ``PATCHED_VERSIONS`` or drop this module.
+    Raises :class:`UnsupportedFaust` on a faust version this was not written for, so an
+    upgrade cannot silently run with (or without) a stale copy of faust code: re-check every
+    patch against the new source (each names what it copies), then update ``PATCHED_VERSIONS``.
     """
     import faust
     from faust.tables.recovery import Recovery
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
+    if faust.__version__ not in PATCHED_VERSIONS:
+        raise UnsupportedFaust(
+            f"stepcare's fixes to faust (streams/worker/faust_patches.py) are written for "
+            f"faust-streaming {', '.join(sorted(PATCHED_VERSIONS))}, not {faust.__version__}: "
+            "install the version pinned in pyproject.toml"
+        )
     if getattr(Recovery, _MARK, False):
         return True
-    if faust.__version__ not in PATCHED_VERSIONS:
-        raise RuntimeError(
-            f"streams.worker.faust_patches is written for faust-streaming "
-            f"{sorted(PATCHED_VERSIONS)}, "
-            f"found {faust.__version__}: check whether Recovery.on_recovery_completed still "
-            "resumes stream partitions before perform_seek, then update "
-            "streams/worker/faust_patches.py"
-        )
     Recovery.on_recovery_completed = _on_recovery_completed  # type: ignore[method-assign]
     Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
     AIOKafkaConsumerThread.getmany = _snapshot_getmany(  # type: ignore[method-assign]

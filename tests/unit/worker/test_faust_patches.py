@@ -276,3 +276,11 @@ def test_drained_records_are_delivered_in_order_directly_unless_the_flow_is_susp
 
     assert asyncio.run(scenario(suspended=False)) == ([0, 1, 2], 0)
     assert asyncio.run(scenario(suspended=True)) == ([0, 1, 2], 3)  # faust's own path
+
+
+def test_an_unexpected_faust_version_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faust
+
+    monkeypatch.setattr(faust, "__version__", "0.16.0")
+    with pytest.raises(faust_patches.UnsupportedFaust, match=r"0\.15\.3, not 0\.16\.0"):
+        faust_patches.apply()
