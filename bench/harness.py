@@ -575,7 +575,8 @@ def worker_changelog(
     from streams.worker.metrics import WorkerMetrics
     from streams.worker.pipeline import Monitor
 
-    settings = Settings.from_env({"STEPCARE_CLOCK": "event"})
+    # The memory store: states go through faust's table API, which the recording table is.
+    settings = Settings.from_env({"STEPCARE_CLOCK": "event", "STEPCARE_STORE": "memory://"})
     policy = resolve_policy(settings.policy)
     table = _RecordingTable()
     topics = [SimpleNamespace(get_topic_name=lambda name=name: name) for name in ("esc", "dlq")]

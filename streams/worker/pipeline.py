@@ -171,19 +171,30 @@ class Monitor:
         while True:
             batch = await self.sealed.get()
             try:
-                if batch.generation != self.generation:
-                    continue  # partitions reassigned since: its records are delivered again
-                if batch.outputs:
-                    await self._until_acked(batch.outputs)
-                if batch.generation != self.generation:
-                    continue
-                if self.direct_writes:
-                    await self._write_through_librdkafka(batch)
-                    if batch.generation != self.generation:
-                        continue
-                self._complete(batch)
+                await self._acknowledge(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a defect: stop, rather than hold every later batch
+                log.critical("a batch could not be completed: the worker stops (its records "
+                             "are processed again at the next start)", exc_info=True)  # fmt: skip
+                await self.table.app.crash(exc)
+                raise
             finally:
                 self.sealed.task_done()
+
+    async def _acknowledge(self, batch: Batch) -> None:
+        """One sealed batch: its outputs' acks, its states, then its records' acks."""
+        if batch.generation != self.generation:
+            return  # partitions reassigned since: its records are delivered again
+        if batch.outputs:
+            await self._until_acked(batch.outputs)
+        if batch.generation != self.generation:
+            return
+        if self.direct_writes:
+            await self._write_through_librdkafka(batch)
+            if batch.generation != self.generation:
+                return
+        self._complete(batch)
 
     async def _write_through_librdkafka(self, batch: Batch) -> None:
         """at_least_once, RocksDB store: a safe batch's states into RocksDB (one write batch
