@@ -563,46 +563,32 @@ def escalation_bytes(escalation: Escalation) -> bytes:
     """An engine's Escalation as SOE bytes of the current schema: the same bytes as
     ``encode_escalation(escalation.to_json())``, written straight from the object (no JSON
     rendering, no time formatting and parsing; measured: ~8x faster, the worker's hot path)."""
-    out = bytearray(_ESCALATION.header)
-    out += _string_bytes(escalation.escalation_id)
-    out += _string_bytes(escalation.patient_id)
-    out += _string_bytes(str(escalation.kind))
-    out += _long_bytes(escalation.care_step)  # Avro int and long share the varint encoding
-    out += _long_bytes(escalation.occurred_at)
-    due_by = escalation.due_by
-    if due_by is None:
-        out.append(0)
-    else:
-        out.append(2)
-        out += _long_bytes(due_by)
-    trigger = escalation.trigger_event_id
-    if trigger is None:
-        out.append(0)
-    else:
-        out.append(2)
-        out += _string_bytes(trigger)
-    out += _string_bytes(escalation.policy_id)
-    out += _long_bytes(escalation.policy_version)
     reason = escalation.reason
-    if reason.instrument is None:
-        out.append(0)
-    else:
-        out.append(2)
-        out += _string_bytes(reason.instrument)
+    parts = [
+        _ESCALATION.header,
+        _string_bytes(escalation.escalation_id),
+        _string_bytes(escalation.patient_id),
+        _string_bytes(str(escalation.kind)),
+        _long_bytes(escalation.care_step),  # Avro int and long share the varint encoding
+        _long_bytes(escalation.occurred_at),
+        _NULL if escalation.due_by is None else _SOME + _long_bytes(escalation.due_by),
+        _optional_string_bytes(escalation.trigger_event_id),
+        _string_bytes(escalation.policy_id),
+        _long_bytes(escalation.policy_version),
+        _optional_string_bytes(reason.instrument),
+    ]
     for number in (reason.baseline, reason.score, reason.change, reason.threshold):
-        if number is None:
-            out.append(0)
-        else:
-            out.append(2)
-            out += _DOUBLE(float(number))
-    out += _string_bytes(reason.text)
-    related = escalation.related_request_id
-    if related is None:
-        out.append(0)
-    else:
-        out.append(2)
-        out += _string_bytes(related)
-    return bytes(out)
+        parts.append(_NULL if number is None else _SOME + _DOUBLE(float(number)))
+    parts.append(_string_bytes(reason.text))
+    parts.append(_optional_string_bytes(escalation.related_request_id))
+    return b"".join(parts)
+
+
+_NULL, _SOME = b"\x00", b"\x02"  # the union branch: null (0) or the value (1), zigzag-encoded
+
+
+def _optional_string_bytes(text: str | None) -> bytes:
+    return _NULL if text is None else _SOME + _string_bytes(text)
 
 
 def decode_escalation(data: bytes) -> dict[str, Any]:
