@@ -271,10 +271,14 @@ def _run_live(args: argparse.Namespace, settings: Settings) -> int:
     if not args.report_every > 0:
         raise UsageError("--report-every must be more than 0 seconds")
 
+    from streams.kafka.registry import framing_for, reader_for
+
     fingerprint = None
-    if name == "fhir-out":
-        converter: live.Converter = live.fhir_out_record
-    else:
+    if name == "fhir-out":  # reads escalations in either framing
+        decode = reader_for(settings).decode_escalation
+        converter: live.Converter = partial(live.fhir_out_record, decode=decode)
+    else:  # writes events in the configured framing
+        framing = framing_for(settings, events_topic=target)
         from streams.interfaces.pseudonym import fingerprint as secret_fingerprint
 
         pseudonymizer = _pseudonymizer()  # exit 2 at once without the secret
@@ -286,6 +290,7 @@ def _run_live(args: argparse.Namespace, settings: Settings) -> int:
                     pseudonymizer=pseudonymizer,
                     fhir_base=args.fhir_base,
                     source=args.source,
+                    event_value=framing.event_value,
                 )
             )
         else:
@@ -298,6 +303,7 @@ def _run_live(args: argparse.Namespace, settings: Settings) -> int:
                     inpatient_classes=classes,
                     identifier_type=args.identifier_type,
                     source=args.source,
+                    event_value=framing.event_value,
                 )
             )
     return live.run_live(

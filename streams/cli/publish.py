@@ -53,6 +53,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     topic = args.topic or settings.input_topic
     config = client.producer_config(settings, args.bootstrap_servers)
     log = publish.open_log(args.input)  # a missing file is reported before any connection
+    header = None
+    if settings.wire_format == "registry":
+        from streams.kafka.registry import framing_for
+
+        try:
+            header = framing_for(settings, events_topic=topic).event_header
+        except Exception:
+            log.close()
+            raise
     try:
         producer = publish.connect(config, settings.log_level)
         summary = publish.publish_log(
@@ -67,6 +76,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             where=config["bootstrap.servers"],
             max_message_bytes=int(config.get("message.max.bytes", 1_000_000)),
             progress=Progress(progress_text, total=log.total_bytes),
+            header=header,
         )
     finally:
         log.close()

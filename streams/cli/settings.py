@@ -15,7 +15,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for name, default, doc in Settings.describe():
         field = name.removeprefix("STEPCARE_").lower()
         value = getattr(settings, field)
-        if field == "sasl_password" and value:
+        if field in ("sasl_password", "schema_registry_password") and value:
             value = "(set, not shown)"
         print(f"{name}={value}\n    {doc} (default: {default})")
     return 0

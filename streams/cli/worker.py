@@ -32,6 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.kafka.registry import framing_for
     from streams.worker import app as worker_app  # faust is slow to import: only for this command
     from streams.worker import runner as worker_runner
 
@@ -48,10 +49,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     _check_listen(settings.web_host, settings.web_port)
     _check_data_dir(settings.data_dir)
     topics.run(args, settings)
-    app = worker_app.build(settings, policy)
+    framing = framing_for(
+        settings, events_topic=settings.input_topic, escalations_topic=settings.escalations_topic
+    )
+    app = worker_app.build(settings, policy, framing)
     report(
         f"stepcare worker {settings.app_id}: policy {policy.policy_id} v{policy.policy_version}, "
-        f"clock {settings.clock}, {settings.processing_guarantee}, "
+        f"clock {settings.clock}, {settings.processing_guarantee}, {framing.wire_format} "
+        "framing, "
         f"metrics on http://{settings.web_host}:{settings.web_port}/metrics"
     )
     return worker_runner.run(app, settings)

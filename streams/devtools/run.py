@@ -15,7 +15,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -24,7 +26,8 @@ from streams.devtools.cluster import Cluster
 from streams.devtools.config import default_nodes
 from streams.devtools.demo import demo_cohort
 from streams.errors import StepcareError
-from streams.formats.avro import CodecError, decode_escalation
+from streams.formats.avro import CodecError
+from streams.kafka.registry import RegistryError, reader_for
 from streams.kafka.settings import Settings
 from streams.kafka.topics import ensure_topics
 
@@ -86,7 +89,7 @@ def run_demo(settings: Settings, patients: int, seed: int, tick_interval: int = 
             f"escalations below as they arrive; metrics: http://{settings.web_host}:"
             f"{settings.web_port}/metrics ; worker log: {RUN_DIR / 'worker.log'} ; Ctrl-C stops"
         )
-        _follow(consumer, worker)
+        _follow(consumer, worker, reader_for(settings).decode_escalation)
         return 1  # _follow returns only if the worker died
     except KeyboardInterrupt:
         _say("stopping ...")
@@ -150,7 +153,11 @@ def _tail_from_now(settings: Settings) -> Consumer:
     return consumer
 
 
-def _follow(consumer: Consumer, worker: subprocess.Popen[bytes]) -> None:
+def _follow(
+    consumer: Consumer,
+    worker: subprocess.Popen[bytes],
+    decode_escalation: Callable[[bytes], dict[str, Any]],
+) -> None:
     kinds: Counter[str] = Counter()
     shown: Counter[str] = Counter()
     last_summary = time.monotonic()
@@ -159,7 +166,7 @@ def _follow(consumer: Consumer, worker: subprocess.Popen[bytes]) -> None:
         if msg is not None and msg.error() is None:
             try:
                 escalation = decode_escalation(msg.value())
-            except CodecError as exc:
+            except (CodecError, RegistryError) as exc:
                 _say(f"undecodable escalation record: {exc}")
                 continue
             kinds[escalation["kind"]] += 1

@@ -137,9 +137,32 @@ class RecordCodec:
         )
         return cls(load_schema(directory / f"{name}.avsc"), (load_schema(p) for p in released))
 
-    def write(self, record: dict[str, Any]) -> bytes:
+    def add_writer(self, schema: Any) -> bytes:
+        """Accept ``schema`` (JSON, e.g. from a schema registry) as a writer of this record type;
+        its fingerprint. ``CodecError("unknown-schema")`` if it is not a record of the same full
+        name that fastavro can parse (whether each record resolves is checked when read)."""
+        name = self.current.schema.get("namespace", "") + "." + self.current.schema["name"]
+        if not isinstance(schema, dict) or schema.get("type") != "record":
+            raise CodecError("unknown-schema", f"the writer schema is not a {name} record")
+        full = schema.get("name", "")
+        if "." not in str(full):
+            full = f"{schema.get('namespace', '')}.{full}"
+        if full != name:
+            raise CodecError("unknown-schema", f"the writer schema is not a {name} record")
+        try:
+            found = fingerprint(schema)
+            if found not in self.writers:
+                parsed = fastavro.parse_schema(_without_logical_types(schema))
+                self.writers[found] = (parsed, self.current.parsed)
+        except Exception as exc:  # any failure to read the schema: it is not a usable writer
+            raise CodecError(
+                "unknown-schema", f"the writer schema cannot be read ({type(exc).__name__})"
+            ) from None
+        return found
+
+    def write(self, record: dict[str, Any], header: bytes | None = None) -> bytes:
         out = BytesIO()
-        out.write(self.header)
+        out.write(self.header if header is None else header)
         fastavro.schemaless_writer(out, self.current.parsed, record)
         return out.getvalue()
 
@@ -188,6 +211,7 @@ def _describe(exc: Exception) -> str:
 
 _EVENT = RecordCodec.load(EVENT_SCHEMA)
 _ESCALATION = RecordCodec.load(ESCALATION_SCHEMA)
+EVENT_CODEC, ESCALATION_CODEC = _EVENT, _ESCALATION  # their schemas (wire.py, the registry)
 
 
 # -- PatientEvent ---------------------------------------------------------------------------------
@@ -198,12 +222,15 @@ _EVENT_FIELDS = frozenset(
 _SURVEY_FIELDS = frozenset({"instrument", "version", "responses"})
 
 
-def encode_event(obj: dict[str, Any]) -> bytes:
-    """The JSON rendering of a PatientEvent as SOE bytes; ``EventError`` if it cannot be encoded."""
+def encode_event(obj: dict[str, Any], header: bytes | None = None) -> bytes:
+    """The JSON rendering of a PatientEvent as SOE bytes; ``EventError`` if it cannot be encoded.
+
+    ``header`` replaces the SOE header (``streams.formats.wire``: the registry framing of the
+    current schema)."""
     record = event_record(obj)
     if _FAST_EVENT:
-        return _write_event_v1(record)
-    return _EVENT.write(record)
+        return _write_event_v1(record, _EVENT_V1_HEADER if header is None else header)
+    return _EVENT.write(record, header)
 
 
 def event_record(obj: Any) -> dict[str, Any]:
@@ -456,10 +483,11 @@ def _string_bytes(text: str) -> bytes:
     return (_SMALL_LONGS[size + 64] if size < 64 else _long_bytes(size)) + raw
 
 
-def _write_event_v1(record: dict[str, Any]) -> bytes:
-    """A checked PatientEvent record (see ``event_record``) as SOE bytes of PatientEvent v1."""
+def _write_event_v1(record: dict[str, Any], header: bytes) -> bytes:
+    """A checked PatientEvent record (see ``event_record``) as PatientEvent v1 bytes after
+    ``header``."""
     small = _SMALL_LONGS
-    out = bytearray(_EVENT_V1_HEADER)
+    out = bytearray(header)
     out += _string_bytes(record["event_id"])
     out += _string_bytes(record["patient_id"])
     out += _long_bytes(record["occurred_at"])
@@ -513,7 +541,7 @@ _ESCALATION_FIELDS = (
 _REASON_NUMBERS = ("baseline", "score", "change", "threshold")
 
 
-def encode_escalation(obj: dict[str, Any]) -> bytes:
+def encode_escalation(obj: dict[str, Any], header: bytes | None = None) -> bytes:
     """The JSON rendering of an Escalation as SOE bytes; ``EventError`` if it cannot be encoded."""
     if type(obj) is not dict:
         raise EventError(f"an escalation is a JSON object, not {type(obj).__name__}")
@@ -553,19 +581,20 @@ def encode_escalation(obj: dict[str, Any]) -> bytes:
         },
         "related_request_id": _optional_string(obj, "related_request_id"),
     }
-    return _ESCALATION.write(record)
+    return _ESCALATION.write(record, header)
 
 
 _DOUBLE = struct.Struct("<d").pack
 
 
-def escalation_bytes(escalation: Escalation) -> bytes:
+def escalation_bytes(escalation: Escalation, header: bytes | None = None) -> bytes:
     """An engine's Escalation as SOE bytes of the current schema: the same bytes as
     ``encode_escalation(escalation.to_json())``, written straight from the object (no JSON
-    rendering, no time formatting and parsing; measured: ~8x faster, the worker's hot path)."""
+    rendering, no time formatting and parsing; measured: ~8x faster, the worker's hot path).
+    ``header`` replaces the SOE header (the registry framing, ``streams.formats.wire``)."""
     reason = escalation.reason
     parts = [
-        _ESCALATION.header,
+        _ESCALATION.header if header is None else header,
         _string_bytes(escalation.escalation_id),
         _string_bytes(escalation.patient_id),
         _string_bytes(str(escalation.kind)),

@@ -71,7 +71,12 @@ class Output:
 
 
 def fhir_in_record(
-    value: bytes | None, pseudonymizer: Pseudonymizer, *, fhir_base: str = "", source: str = "fhir"
+    value: bytes | None,
+    pseudonymizer: Pseudonymizer,
+    *,
+    fhir_base: str = "",
+    source: str = "fhir",
+    event_value: Callable[[dict[str, Any]], bytes] | None = None,
 ) -> Output:
     """The PatientEvent record of one QuestionnaireResponse record (``AdapterError`` if none)."""
     from streams.interfaces import fhir
@@ -87,7 +92,7 @@ def fhir_in_record(
     event = fhir.questionnaire_response_to_event(
         resource, pseudonymizer, fhir_base=fhir_base, source=source
     )
-    return _event_output(event)
+    return _event_output(event, event_value)
 
 
 def hl7_in_record(
@@ -98,6 +103,7 @@ def hl7_in_record(
     inpatient_classes: tuple[str, ...] = ("I",),
     identifier_type: str | None = None,
     source: str = "adt",
+    event_value: Callable[[dict[str, Any]], bytes] | None = None,
 ) -> Output | Ignored:
     """The PatientEvent record of one ADT message record, or :class:`Ignored`."""
     from streams.interfaces import hl7
@@ -114,31 +120,40 @@ def hl7_in_record(
     )
     if isinstance(result, Ignored):
         return result
-    return _event_output(result)
+    return _event_output(result, event_value)
 
 
-def _event_output(event: dict[str, Any]) -> Output:
-    """A PatientEvent as its record: keyed by ``patient_id``, Avro SOE, stamped ``occurred_at``."""
+def _event_output(
+    event: dict[str, Any], event_value: Callable[[dict[str, Any]], bytes] | None
+) -> Output:
+    """A PatientEvent as its record: keyed by ``patient_id``, Avro (``event_value``: in the
+    configured framing; default single-object encoding), stamped ``occurred_at``."""
     from streams.clinical.events import parse_time
     from streams.formats.avro import encode_event
 
     return Output(
         key=event["patient_id"].encode(),
-        value=encode_event(event),
+        value=(event_value or encode_event)(event),
         timestamp=parse_time(event["occurred_at"]),
         headers=[],
     )
 
 
-def fhir_out_record(value: bytes | None, headers: Headers | None = None) -> Output:
+def fhir_out_record(
+    value: bytes | None,
+    headers: Headers | None = None,
+    decode: Callable[[bytes], dict[str, Any]] | None = None,
+) -> Output:
     """The transaction Bundle record of one escalation record: JSON, keyed by ``patient_id``,
-    with the escalation's headers (``content-type`` becomes ``application/fhir+json``)."""
+    with the escalation's headers (``content-type`` becomes ``application/fhir+json``).
+    ``decode``: reads both framings (``streams.kafka.registry.Framing.decode_escalation``);
+    default: single-object encoding only."""
     from streams.clinical.events import parse_time
     from streams.formats.avro import CodecError, decode_escalation
     from streams.interfaces import fhir
 
     try:
-        escalation = decode_escalation(value)  # type: ignore[arg-type]
+        escalation = (decode or decode_escalation)(value)  # type: ignore[arg-type]
     except CodecError as exc:
         raise AdapterError(exc.reason, str(exc)) from None
     bundle = fhir.escalation_to_bundle(escalation)

@@ -176,8 +176,12 @@ def publish_log(
     err: IO[str] | None = None,
     max_message_bytes: int | None = None,
     progress: ProgressLine | None = None,
+    header: bytes | None = None,
 ) -> PublishSummary:
-    """Validate, encode and produce every record of ``log``; see the module docstring."""
+    """Validate, encode and produce every record of ``log``; see the module docstring.
+
+    ``header``: what starts each record (default: single-object encoding; the registry framing
+    of ``topic``'s subject, from ``streams.kafka.registry``)."""
     err = sys.stderr if err is None else err
     config_limit = max_message_bytes
     summary = PublishSummary(topic)
@@ -208,7 +212,7 @@ def publish_log(
                 if isinstance(obj, str):
                     raise EventError(obj)
                 event = event_from_json(obj)
-                value = encode_event(obj)
+                value = encode_event(obj, header)
             except EventError as exc:
                 summary.rejected += 1
                 if strict:
@@ -250,7 +254,7 @@ def publish_log(
         if until is not None and summary.stopped_at is None:
             tick = encode_event(
                 {"event_id": "", "patient_id": "", "occurred_at": format_time(until),
-                 "type": "CLOCK_TICK"}
+                 "type": "CLOCK_TICK"}, header
             )  # fmt: skip
             for partition in partitions_of(producer, topic, where):
                 produce(

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from streams.clinical.files import read_small_file
 from streams.errors import StepcareError
@@ -36,6 +37,7 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 
 
+WIRE_FORMATS = ("single-object", "registry")  # streams.formats.wire
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Kafka's topic names: these characters, at most 249 of them. The application id is the prefix
 # of the topics faust makes: "<app_id>-__assignor-__leader" is the longest (20 more characters).
@@ -159,8 +161,42 @@ class Settings:
         "", "Client private key (PEM), for mutual TLS (a warning if group or others can read it)."
     )
 
+    # -- Avro framing on Kafka (DESIGN §3; streams.kafka.registry) ------------------------------
+    wire_format: str = _setting(
+        "single-object",
+        "Framing of the records stepcare writes: single-object (no server needed) or registry "
+        "(Confluent wire format, schemas in the registry at schema_registry_url). Input in "
+        "either framing is always read.",
+    )
+    schema_registry_url: str = _setting(
+        "",
+        "Confluent-compatible schema registry (e.g. http://127.0.0.1:8081/apis/ccompat/v7 for "
+        "`stepcare registry start`); needed by wire_format=registry and to read registry-framed "
+        "input.",
+    )
+    schema_registry_username: str = _setting("", "Schema registry basic-auth user name.")
+    schema_registry_password: str = _setting(
+        "", "Schema registry basic-auth password (or use schema_registry_password_file)."
+    )
+    schema_registry_password_file: str = _setting(
+        "", "File holding the schema registry password (a warning if group or others can read it)."
+    )
+    schema_registry_cafile: str = _setting("", "CA certificate (PEM) to verify the registry.")
+    schema_registry_certfile: str = _setting(
+        "", "Client certificate (PEM) for the registry, for mutual TLS."
+    )
+    schema_registry_keyfile: str = _setting(
+        "", "Client private key (PEM) for the registry, for mutual TLS."
+    )
+
     def __post_init__(self) -> None:
         _choice("clock", self.clock, ("wall", "event"))
+        _choice("wire_format", self.wire_format, WIRE_FORMATS)
+        _check_registry_url(self.schema_registry_url)
+        if self.wire_format == "registry" and not self.schema_registry_url:
+            raise SettingsError(
+                f"{env_name('wire_format')}=registry needs {env_name('schema_registry_url')}"
+            )
         _choice("processing_guarantee", self.processing_guarantee, GUARANTEES)
         _choice("security_protocol", self.security_protocol, SECURITY_PROTOCOLS)
         _choice("sasl_mechanism", self.sasl_mechanism, SASL_MECHANISMS)
@@ -220,6 +256,19 @@ class Settings:
                     f"{env_name('sasl_password_file')}: {self.sasl_password_file} is not UTF-8 text"
                 ) from None
         return self.sasl_password
+
+    def schema_registry_secret(self) -> str:
+        """The registry password, from the setting or ``schema_registry_password_file``."""
+        if self.schema_registry_password_file:
+            name = "schema_registry_password_file"
+            data = read_setting_file(name, self.schema_registry_password_file, secret=True)
+            try:
+                return data.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise SettingsError(
+                    f"{env_name(name)}: {self.schema_registry_password_file} is not UTF-8 text"
+                ) from None
+        return self.schema_registry_password
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context of the broker connection, from ``ssl_cafile``, ``ssl_certfile`` and
@@ -340,6 +389,27 @@ def _check_bootstrap(value: str) -> None:
             ) from None
 
 
+def _check_registry_url(value: str) -> None:
+    """Empty, or http(s)://host[:port][/path]: no user info (the user name and password are
+    settings of their own, kept out of logs), no query."""
+    if not value:
+        return
+    try:
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc
+            or parts.query or parts.fragment or any(c.isspace() for c in value)
+        ):  # fmt: skip
+            raise ValueError
+        parts.port  # noqa: B018 (ValueError if it is not 0-65535)
+        _check_host(parts.hostname)
+    except ValueError:
+        raise SettingsError(
+            f"{env_name('schema_registry_url')}={value[:120]!r}: expected http(s)://host[:port]"
+            "[/path] (no user name or password in it: they are settings of their own)"
+        ) from None
+
+
 def _check_host(host: str, *, brackets: bool = False) -> None:
     """A host name or an IP address (IPv6 in brackets if ``brackets``); ValueError if not."""
     if brackets and host.startswith("[") and host.endswith("]"):
@@ -398,6 +468,9 @@ _PEM_KINDS = {
     "ssl_cafile": (b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
     "ssl_certfile": (b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
     "ssl_keyfile": (b"PRIVATE KEY-----", "a PEM private key"),
+    "schema_registry_cafile": (b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+    "schema_registry_certfile": (b"-----BEGIN CERTIFICATE-----", "a PEM certificate"),
+    "schema_registry_keyfile": (b"PRIVATE KEY-----", "a PEM private key"),
 }
 
 
@@ -408,7 +481,7 @@ def check_tls_files(settings: Settings) -> None:
         path = getattr(settings, field_name)
         if not path:
             continue
-        data = read_setting_file(field_name, path, secret=field_name == "ssl_keyfile")
+        data = read_setting_file(field_name, path, secret=field_name.endswith("keyfile"))
         if marker not in data:
             raise SettingsError(f"{env_name(field_name)}: {path} does not hold {kind}")
         if field_name != "ssl_keyfile":

@@ -32,6 +32,7 @@ from faust.web.drivers import aiohttp as faust_aiohttp
 from prometheus_client import REGISTRY
 
 from streams.clinical.policy import Policy, resolve_policy
+from streams.kafka.registry import Framing, framing_for
 from streams.kafka.settings import Settings
 from streams.worker import faust_patches
 from streams.worker.metrics import WorkerMetrics
@@ -43,9 +44,19 @@ from streams.worker.states import TABLE
 LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
 
 
-def build(settings: Settings, policy: Policy | None = None) -> faust.App:
-    """The worker's Faust app, configured from ``settings``."""
+def build(
+    settings: Settings, policy: Policy | None = None, framing: Framing | None = None
+) -> faust.App:
+    """The worker's Faust app, configured from ``settings``. ``framing``: how escalations are
+    written and registry-framed input read (default: as the settings say; with the registry
+    framing that registers the schemas, ``streams.kafka.registry.framing_for``)."""
     policy = policy or resolve_policy(settings.policy)
+    if framing is None:
+        framing = framing_for(
+            settings,
+            events_topic=settings.input_topic,
+            escalations_topic=settings.escalations_topic,
+        )
     faust_patches.apply()  # faust 0.15.3 can lose an event waiting while a table recovers
     app = App(
         settings.app_id,
@@ -93,7 +104,9 @@ def build(settings: Settings, policy: Policy | None = None) -> faust.App:
         if settings.processing_guarantee == "at_least_once"
         else TransactionalOutputs(app)
     )
-    monitor = Monitor(settings, policy, patients, escalations, dead_letters, metrics, outputs)
+    monitor = Monitor(
+        settings, policy, patients, escalations, dead_letters, metrics, outputs, framing
+    )
     monitor.flowing = app.flow_control.is_active
 
     if settings.processing_guarantee == "at_least_once":

@@ -100,6 +100,12 @@ class WorkerMetrics:
             "started.",
             registry=registry,
         )
+        self.registry_errors = PromCounter(
+            "stepcare_schema_registry_errors_total",
+            "Failed lookups of a new input schema id in the schema registry (the record and "
+            "its partition wait, asking again).",
+            registry=registry,
+        )
         self.ticks = PromCounter(
             "stepcare_clock_ticks_total",
             "CLOCK_TICK records processed (they move a partition's clock, nothing else).",

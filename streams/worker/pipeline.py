@@ -38,8 +38,10 @@ from streams.clinical.escalations import Escalation
 from streams.clinical.events import DAY_MS, EventError, EventType, event_from_json, format_time
 from streams.clinical.partition import PartitionEngine
 from streams.clinical.policy import Policy
-from streams.formats.avro import CodecError, cloudevent_headers, decode_event, escalation_bytes
+from streams.formats.avro import CodecError, cloudevent_headers, decode_event
+from streams.formats.wire import registry_schema_id
 from streams.kafka.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, error_headers
+from streams.kafka.registry import Framing, RegistryError
 from streams.kafka.settings import Settings
 from streams.worker.metrics import DEAD_LETTERED, EVENT_TYPES, Census, WorkerMetrics
 from streams.worker.outputs import Output, Outputs
@@ -52,6 +54,14 @@ FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now 
 # at_least_once: batches handled while earlier ones still wait for their outputs' acks (a bound
 # on memory and on the work a crash repeats).
 SEALED_BATCHES = 2
+# A registry that cannot be asked about a new schema id: the record waits, asking again after
+# these many seconds, doubling up to the most (its partition waits with it; nothing is lost).
+REGISTRY_RETRY = (1.0, 30.0)
+
+
+class _Waiting(Exception):
+    """A record cannot be handled yet (its schema id is not known, the registry unreachable)
+    and a rebalance began: it and the rest of its batch are left for the next assignment."""
 
 
 @dataclass
@@ -78,9 +88,11 @@ class Monitor:
         dead_letters: faust.TopicT,
         metrics: WorkerMetrics,
         outputs: Outputs,
+        framing: Framing | None = None,
     ) -> None:
         self.metrics = metrics
         self.outputs = outputs
+        self.framing = framing or Framing.writing_single_object()
         self.settings = settings
         self.policy = policy
         self.table = table
@@ -133,7 +145,10 @@ class Monitor:
             # faust's table reads take the partition from the current event: this record's
             # (without it, RocksDB is searched across partitions for the key).
             set_current(weakref.ref(event))
-            await self._process(event.message)
+            try:
+                await self._process(event.message)
+            except _Waiting:
+                break
             if self.generation != generation:
                 return  # partitions reassigned: the records are delivered again
             batch = self.batch  # a new one if _process flushed the one before
@@ -260,8 +275,15 @@ class Monitor:
     async def _process(self, message: Any) -> None:
         """Decode, apply and publish one record; the states it changes, staged for the batch."""
         metrics = self.metrics
+        value = message.value
         try:
-            obj = decode_event(message.value)
+            schema_id = registry_schema_id(value)
+            if schema_id is not None:  # registry framing: as single-object of its writer schema
+                writers = self.framing.events
+                if not writers.known(schema_id):
+                    await self._look_up(schema_id)
+                value = writers.single_object(value, schema_id)
+            obj = decode_event(value)
         except CodecError as exc:
             await self.dead_letter(message, "unreadable", exc.reason, str(exc))
             return
@@ -349,14 +371,40 @@ class Monitor:
             self.latest_event = event.occurred_at
             metrics.last_event.set(event.occurred_at / 1000)
 
+    async def _look_up(self, schema_id: int) -> None:
+        """Learn a new registry schema id of the input (a blocking lookup, in a thread). If the
+        registry cannot be asked, wait and ask again, the partition waiting with the record;
+        :class:`_Waiting` if a rebalance begins meanwhile (the record is delivered again)."""
+        loop = asyncio.get_running_loop()
+        pause, most = REGISTRY_RETRY
+        while True:
+            try:
+                await loop.run_in_executor(
+                    None, self.framing.look_up, self.framing.events, schema_id
+                )
+                return
+            except RegistryError as exc:
+                self.metrics.registry_errors.inc()
+                log.warning(
+                    "input schema id %d cannot be looked up (%s): its partition waits, asking "
+                    "again in %.0f s", schema_id, exc, pause,
+                )  # fmt: skip
+            waited_until = time.monotonic() + pause
+            while time.monotonic() < waited_until:
+                if not self.flowing():
+                    raise _Waiting
+                await asyncio.sleep(0.2)
+            pause = min(pause * 2, most)
+
     async def publish(self, escalations: tuple[Escalation, ...], message: Any) -> None:
         now_ms = time.time_ns() // 1_000_000
+        escalation_value = self.framing.escalation_value
         for escalation in escalations:
             await self._send(
                 self.escalations,
                 message,
                 escalation.patient_id.encode(),
-                escalation_bytes(escalation),
+                escalation_value(escalation),
                 cloudevent_headers(escalation),
                 # The broker refuses a timestamp over an hour ahead of its clock (Kafka 4:
                 # log.message.timestamp.after.max.ms): never later than now. ce_time keeps

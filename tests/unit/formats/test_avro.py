@@ -212,7 +212,7 @@ def test_the_fast_path_is_in_use_and_writes_exactly_what_fastavro_writes() -> No
     assert codec._FAST_EVENT, "the current PatientEvent is not v1: extend the fast path"
     for obj in [*EVENTS, TICK]:
         record = codec.event_record(obj)
-        assert codec._write_event_v1(record) == codec._EVENT.write(record)
+        assert codec._write_event_v1(record, codec._EVENT_V1_HEADER) == codec._EVENT.write(record)
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -496,7 +496,7 @@ _events = st.fixed_dictionaries(
 @given(_events)
 def test_the_fast_path_agrees_with_fastavro_on_any_event(obj: dict[str, Any]) -> None:
     record = codec.event_record(obj)
-    data = codec._write_event_v1(record)
+    data = codec._write_event_v1(record, codec._EVENT_V1_HEADER)
 
     assert data == codec._EVENT.write(record)
     decoded = decode_event(data)

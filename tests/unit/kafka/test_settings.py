@@ -103,3 +103,66 @@ def test_stepcare_settings_never_prints_the_password(
     out = capsys.readouterr().out
     assert "hunter2" not in out
     assert "STEPCARE_SASL_PASSWORD=(set, not shown)" in out
+
+
+# -- the registry framing (issue 15) ------------------------------------------------------------
+
+
+def test_the_wire_format_is_single_object_by_default_and_registry_needs_a_url() -> None:
+    assert Settings().wire_format == "single-object"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"STEPCARE_WIRE_FORMAT": "registry"})
+    assert str(caught.value) == "STEPCARE_WIRE_FORMAT=registry needs STEPCARE_SCHEMA_REGISTRY_URL"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"STEPCARE_WIRE_FORMAT": "confluent"})
+    assert str(caught.value) == (
+        "STEPCARE_WIRE_FORMAT='confluent': expected one of single-object, registry"
+    )
+    url = "http://127.0.0.1:8081/apis/ccompat/v7"
+    settings = Settings.from_env(
+        {"STEPCARE_WIRE_FORMAT": "registry", "STEPCARE_SCHEMA_REGISTRY_URL": url}
+    )
+    assert (settings.wire_format, settings.schema_registry_url) == ("registry", url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "127.0.0.1:8081",
+        "ftp://registry",
+        "http://",
+        "http://user:secret@registry:8081",
+        "http://registry:99999",
+        "http://registry:8081/apis?x=1",
+        "http://reg istry",
+        "http://-bad-/",
+    ],
+)
+def test_a_registry_url_that_is_not_http_host_port_path_is_refused(url: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"STEPCARE_SCHEMA_REGISTRY_URL": url})
+    message = str(caught.value)
+    assert message.startswith(f"STEPCARE_SCHEMA_REGISTRY_URL={url!r}: expected http(s)://")
+    assert "\n" not in message
+
+
+def test_registry_client_config_carries_basic_auth_and_tls(tmp_path: Path) -> None:
+    from streams.kafka.registry import client_config
+    from tests.unit.kafka.test_settings_hostile import make_cert
+
+    secret = tmp_path / "password"
+    secret.write_text("r3g\n")
+    secret.chmod(0o600)
+    ca, _ = make_cert(tmp_path)
+    settings = Settings.from_env(
+        {
+            "STEPCARE_SCHEMA_REGISTRY_URL": "https://registry.hospital:8443/apis/ccompat/v7",
+            "STEPCARE_SCHEMA_REGISTRY_USERNAME": "stepcare",
+            "STEPCARE_SCHEMA_REGISTRY_PASSWORD_FILE": str(secret),
+            "STEPCARE_SCHEMA_REGISTRY_CAFILE": str(ca),
+        }
+    )
+    config = client_config(settings)
+    assert config["url"] == "https://registry.hospital:8443/apis/ccompat/v7"
+    assert config["basic.auth.user.info"] == "stepcare:r3g"
+    assert config["ssl.ca.location"] == str(ca)
