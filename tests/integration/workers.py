@@ -109,7 +109,10 @@ class Deployment:
         command += ["--topic", self.input, "--bootstrap-servers", self.bootstrap]
         if until:
             command += ["--until", until]
-        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            command, cwd=REPO, capture_output=True, text=True, timeout=120,
+            env={**os.environ, **self.env},  # the deployment's framing and registry too
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr
         return done.stderr
 
