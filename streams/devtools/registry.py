@@ -17,6 +17,10 @@ on each subject it registers (``PUT /config/<subject>``); the registry is also s
 global rule ``apicurio.rules.global.compatibility=BACKWARD`` as a second line of defence. With
 that rule an incompatible schema is refused (HTTP 409) on every subject, but ``GET /config``
 still answers ``NONE``: the ccompat API reports its own default, not the global rule.
+
+Unlike Confluent's registry, Apicurio 3.0.9 compares schema *text*, not the canonical form: the
+same schema with other whitespace (a trailing newline) registers as a new version with a new
+id. Register one text per schema: the one the serializer uses (confluent-kafka strips it).
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from streams.devtools.jars import BrokerError, Reporter
@@ -209,13 +212,6 @@ def registry_pids(run_dir: Path | None = None) -> list[int]:
         if marker in cmdline and state not in ("Z", "X"):
             pids.append(int(proc.name))
     return pids
-
-
-@dataclass
-class RegistryState:
-    pid: int
-    port: int
-    version: str
 
 
 class Registry:
