@@ -2,10 +2,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Downloads (Kafka jars, Maven repository) are cached here; git ignores it.
+# Downloads (Kafka jars, the schema registry, Maven repository) are cached here; git ignores it.
 export STEPCARE_CACHE_DIR ?= $(CURDIR)/.cache
 
-.PHONY: venv jars lint typecheck format test test-faults test-unit hostile run bench broker-start broker-stop clean
+.PHONY: venv jars lint typecheck format test test-faults test-unit hostile run bench broker-start broker-stop registry-start registry-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "stepcare needs Python 3.11, not " + sys.version.split()[0]'
@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-jars: venv  ## the broker jars of every supported Kafka line (no download once cached)
+jars: venv  ## the broker jars of every supported Kafka line and the schema registry (no download once cached)
 	$(BIN)/stepcare broker fetch --all
+	$(BIN)/stepcare registry fetch
 
 lint: venv
 	$(BIN)/ruff check .
@@ -60,6 +61,13 @@ broker-start: venv
 broker-stop: venv
 	$(BIN)/stepcare broker stop
 
+registry-start: venv  ## a schema registry (Apicurio, Confluent-compatible API) on 127.0.0.1:8081
+	$(BIN)/stepcare registry start
+
+registry-stop: venv
+	$(BIN)/stepcare registry stop
+
 clean:
 	-$(BIN)/stepcare broker stop
+	-$(BIN)/stepcare registry stop
 	rm -rf .run .pytest_cache .ruff_cache

@@ -5,9 +5,14 @@
 ``STEPCARE_TEST_BOOTSTRAP=host:port`` to run everything against a broker you started yourself
 (then the smoke tests run once, on that broker).
 
-Brokers are stopped in the session teardown, which also runs when the run is interrupted
-(Ctrl-C, or SIGTERM, turned into KeyboardInterrupt below); if the run is SIGKILLed, the kernel
-kills the brokers with it (``die_with_parent``).
+``schema_registry_url`` is the Confluent-compatible URL of a real schema registry (Apicurio
+Registry, ``streams.devtools.registry``), started once per session on a free loopback port, and
+only if a test asks for it. Set ``STEPCARE_TEST_REGISTRY_URL`` (e.g.
+``http://127.0.0.1:8081/apis/ccompat/v7``) to use one you started yourself.
+
+Brokers and the registry are stopped in the session teardown, which also runs when the run is
+interrupted (Ctrl-C, or SIGTERM, turned into KeyboardInterrupt below); if the run is SIGKILLed,
+the kernel kills them with it (``die_with_parent``).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import pytest
 
 from streams.devtools.cluster import Cluster
 from streams.devtools.config import free_nodes
+from streams.devtools.registry import Registry, free_port
 from streams.kafka.settings import KAFKA_VERSIONS, Settings
 
 EXTERNAL = os.environ.get("STEPCARE_TEST_BOOTSTRAP")
+EXTERNAL_REGISTRY = os.environ.get("STEPCARE_TEST_REGISTRY_URL")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -91,6 +98,28 @@ def kafka_bootstrap(brokers: Brokers) -> str:
 def line_bootstrap(request: pytest.FixtureRequest, brokers: Brokers) -> str:
     """Bootstrap servers of a broker of one supported Kafka line (parametrized)."""
     return brokers.bootstrap(request.param)
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Confluent-compatible URL (``.../apis/ccompat/v7``) of a real schema registry.
+
+    Its storage is shared by the whole session: tests use subjects of their own (a topic from
+    ``topic_name``, say)."""
+    if EXTERNAL_REGISTRY:
+        yield EXTERNAL_REGISTRY
+        return
+    registry = Registry(
+        tmp_path_factory.mktemp("registry"),
+        free_port(),
+        cache_dir=Settings.from_env().cache_dir,
+        die_with_parent=True,
+        report=lambda line: print(f"[registry] {line}", file=sys.__stderr__, flush=True),
+    )
+    try:
+        yield registry.start()
+    finally:
+        registry.stop()
 
 
 @pytest.fixture

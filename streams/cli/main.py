@@ -81,6 +81,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "settings": ("streams.cli.settings", "print every STEPCARE_* setting and its value"),
     "broker": ("streams.cli.broker", "run a local Apache Kafka broker (dev, demo, tests)"),
+    "registry": (
+        "streams.cli.registry",
+        "run a local schema registry (Apicurio, Confluent-compatible API; dev, tests)",
+    ),
 }
 
 

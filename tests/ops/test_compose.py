@@ -6,7 +6,8 @@ a negative test proves that check can fail), and the asserts below check what Co
 images are pinned, every bind-mounted path exists in the repository, the worker's environment
 holds only real `STEPCARE_*` settings with values `Settings` accepts, and the services agree with
 each other (the broker listener the worker uses, the port Prometheus scrapes, the dashboards path
-Grafana's provider reads, the paths the Dockerfile copies and what the wheel needs).
+Grafana's provider reads, the paths the Dockerfile copies and what the wheel needs, the schema
+registry line `stepcare registry start` runs).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from streams.devtools.registry import APICURIO_VERSION, DEFAULT_PORT
 from streams.formats import avro
 from streams.kafka.settings import KAFKA_VERSIONS, Settings
 
@@ -178,7 +180,7 @@ def host_path(service: dict[str, Any], container_path: str) -> Path:
 
 
 def test_services(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"kafka", "worker", "prometheus", "grafana"}
+    assert set(services) == {"kafka", "schema-registry", "worker", "prometheus", "grafana"}
 
 
 def test_no_compose_v2_only_keys(compose: dict[str, Any]) -> None:
@@ -200,6 +202,18 @@ def test_broker_image_is_a_supported_kafka_line(services: dict[str, dict[str, An
     image = services["kafka"]["image"]
     assert image.startswith("apache/kafka:")
     assert image_tag(image) in KAFKA_VERSIONS, f"{image}: the suite runs on {KAFKA_VERSIONS}"
+
+
+def test_schema_registry_is_the_one_the_project_runs(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The line `stepcare registry start` runs, on its port, BACKWARD on every subject."""
+    registry = services["schema-registry"]
+    assert registry["image"] == f"apicurio/apicurio-registry:{APICURIO_VERSION}"
+    assert published_ports(registry) == {8080: DEFAULT_PORT}, "the container listens on 8080"
+    env = environment(registry)
+    assert env["APICURIO_RULES_GLOBAL_COMPATIBILITY"] == "BACKWARD"
+    assert env["QUARKUS_HTTP_ACCESS_LOG_ENABLED"] == "false"
 
 
 def test_worker_is_built_from_the_repository(services: dict[str, dict[str, Any]]) -> None:
@@ -505,7 +519,8 @@ def test_the_image_installs_the_wheel_with_its_schemas() -> None:
 
 @pytest.mark.attack(
     "docker compose up on a host with other interfaces",
-    "every published port (broker, worker, Prometheus, Grafana) is bound to 127.0.0.1 only",
+    "every published port (broker, registry, worker, Prometheus, Grafana) is bound to 127.0.0.1"
+    " only",
 )
 def test_every_published_port_is_bound_to_this_host_only(
     services: dict[str, dict[str, Any]],
