@@ -87,6 +87,7 @@ def fetch_registry(
     Idempotent: once a fetch has completed (marker file ``.complete``), nothing is downloaded.
     Maven's local repository is the broker's (``<cache>/m2``), so CI caches one folder.
     """
+    cache_dir = cache_dir.resolve()  # absolute: the registry runs in its own run dir
     folder = app_dir(cache_dir, version)
     if (folder / ".complete").is_file():
         return folder
@@ -95,8 +96,6 @@ def fetch_registry(
         raise RegistryError(
             "Maven (mvn) is needed to fetch the schema registry: apt-get install maven"
         )
-    cache_dir = cache_dir.resolve()
-    folder = app_dir(cache_dir, version)
     folder.parent.mkdir(parents=True, exist_ok=True)
     artifact = _ARTIFACT.format(version=version)
     report(f"fetching Apicurio Registry {version} from Maven Central into {folder} ...")
