@@ -20,7 +20,7 @@ from typing import Any
 from streams.clinical.escalations import Escalation
 from streams.errors import StepcareError
 from streams.formats import avro
-from streams.formats.avro import RecordCodec
+from streams.formats.avro import CodecError, RecordCodec
 from streams.formats.wire import (
     REGISTRY,
     SINGLE_OBJECT,
@@ -36,7 +36,8 @@ COMPATIBILITY = "BACKWARD"
 SUBJECT_SUFFIX = "-value"  # Confluent's TopicNameStrategy: the value schema of topic T
 REQUEST_TIMEOUT = 5.0  # seconds per HTTP request
 # Lookups of schema ids not seen before, at most this many per second (a stream of random ids
-# would otherwise make one HTTP request per record): over it, a record waits for its turn.
+# would otherwise make one HTTP request per record): over it, the worker dead-letters the
+# record (unknown-schema, "not looked up"); the command-line tools wait for their turn.
 LOOKUPS_PER_SECOND = 20
 NOT_FOUND = 404  # HTTP: no such schema id / subject (40403 / 40401 in the Confluent API)
 
@@ -208,11 +209,13 @@ class Framing:
     def escalation_value(self, escalation: Escalation) -> bytes:
         return avro.escalation_bytes(escalation, self.escalation_header)
 
-    def look_up(self, writers: RegistryWriters, schema_id: int) -> None:
+    def look_up(self, writers: RegistryWriters, schema_id: int, *, wait: bool = True) -> None:
         """Learn what ``schema_id`` is (blocking HTTP, at most LOOKUPS_PER_SECOND a second).
 
         RegistryError if the registry cannot be asked: nothing is remembered then, so the
-        record can be retried; an id the registry does not have is remembered as refused."""
+        record can be retried; an id the registry does not have is remembered as refused.
+        Over the pace, ``wait=False`` (the worker) does not wait: CodecError, the id not
+        remembered, so a stream of random ids cannot hold every patient's records up."""
         if self.registry is None:
             writers.refuse(
                 schema_id,
@@ -220,7 +223,12 @@ class Framing:
             )
             return
         with self._lock:
-            self._pace()
+            if not self._pace(wait):
+                raise CodecError(
+                    "unknown-schema",
+                    f"registry schema id {schema_id}: not looked up (more than "
+                    f"{LOOKUPS_PER_SECOND} new schema ids a second)",
+                )
             if writers.known(schema_id):
                 return
             try:
@@ -230,13 +238,17 @@ class Framing:
                 return
             writers.learn(schema_id, text)
 
-    def _pace(self) -> None:
+    def _pace(self, wait: bool) -> bool:
+        """Take a lookup's turn (sleeping for it if ``wait``); False if none is free now."""
         now = time.monotonic()
         recent = [t for t in self._lookups if now - t < 1.0]
         if len(recent) >= LOOKUPS_PER_SECOND:
+            if not wait:
+                return False
             time.sleep(max(0.0, 1.0 - (now - recent[0])))
         recent.append(time.monotonic())
         self._lookups[:] = recent[-LOOKUPS_PER_SECOND:]
+        return True
 
     def single_object(self, writers: RegistryWriters, value: bytes) -> bytes:
         """``value`` as single-object bytes (registry-framed ones rewritten; looked up first if

@@ -379,9 +379,7 @@ class Monitor:
         pause, most = REGISTRY_RETRY
         while True:
             try:
-                await loop.run_in_executor(
-                    None, self.framing.look_up, self.framing.events, schema_id
-                )
+                await loop.run_in_executor(None, self._look_up_now, schema_id)
                 return
             except RegistryError as exc:
                 self.metrics.registry_errors.inc()
@@ -395,6 +393,9 @@ class Monitor:
                     raise _Waiting
                 await asyncio.sleep(0.2)
             pause = min(pause * 2, most)
+
+    def _look_up_now(self, schema_id: int) -> None:
+        self.framing.look_up(self.framing.events, schema_id, wait=False)
 
     async def publish(self, escalations: tuple[Escalation, ...], message: Any) -> None:
         now_ms = time.time_ns() // 1_000_000
