@@ -11,6 +11,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -25,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from streams.devtools.cluster import Cluster
 from streams.devtools.config import default_nodes
 from streams.devtools.demo import demo_cohort
+from streams.devtools.registry import Registry
 from streams.errors import StepcareError
 from streams.formats.avro import CodecError
 from streams.kafka.registry import RegistryError, reader_for
@@ -45,6 +48,7 @@ def run_demo(settings: Settings, patients: int, seed: int, tick_interval: int = 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in background
     cluster = Cluster.load(settings.broker_run_dir, report=_say)
     own_broker = None
+    own_registry: Registry | None = None
     worker: subprocess.Popen[bytes] | None = None
     consumer: Consumer | None = None
     try:
@@ -70,6 +74,8 @@ def run_demo(settings: Settings, patients: int, seed: int, tick_interval: int = 
             clock="wall",
             tick_interval=tick_interval,
         )
+        if settings.wire_format == "registry":
+            own_registry = _local_registry(settings)
         created = ensure_topics(settings)
         _say(f"topics: created {', '.join(created)}" if created else "topics: all there")
         worker = _start_worker(settings)
@@ -105,7 +111,29 @@ def run_demo(settings: Settings, patients: int, seed: int, tick_interval: int = 
                 worker.kill()
         if own_broker is not None:
             own_broker.stop()
+        if own_registry is not None:
+            own_registry.stop()
         _say("stopped")
+
+
+def _local_registry(settings: Settings) -> Registry | None:
+    """The registry framing asked for: a registry started here if its URL is this host's and
+    none answers there (stopped with the demo); None if one is already up, or is elsewhere."""
+    url = urlsplit(settings.schema_registry_url)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 80), timeout=2):
+            _say(f"schema registry: using {settings.schema_registry_url}")
+            return None
+    except OSError:
+        pass
+    if url.hostname not in ("127.0.0.1", "localhost") or url.port is None:
+        raise DemoError(f"no schema registry answers at {settings.schema_registry_url}")
+    registry = Registry(
+        RUN_DIR / "registry", url.port, cache_dir=settings.cache_dir, die_with_parent=True,
+        report=_say,
+    )  # fmt: skip
+    registry.start()
+    return registry
 
 
 def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:

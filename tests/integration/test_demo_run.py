@@ -11,15 +11,23 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from streams.devtools.cluster import broker_pids
 from streams.devtools.config import free_nodes
+from streams.devtools.registry import registry_pids
 from tests.integration.workers import REPO, free_port
 
 ESCALATION_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\S+Z  [A-Z_]+ +demo-\d{4} +due ")
 
 
-def test_make_run_shows_escalations_and_stops_everything_on_ctrl_c(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wire_format", ["single-object", "registry"])
+def test_make_run_shows_escalations_and_stops_everything_on_ctrl_c(
+    tmp_path: Path, wire_format: str
+) -> None:
+    """With the registry framing, ``make run`` also starts (and stops) a local registry."""
     node = free_nodes(1)[0]
+    registry_url = f"http://127.0.0.1:{free_port()}/apis/ccompat/v7"
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -27,6 +35,8 @@ def test_make_run_shows_escalations_and_stops_everything_on_ctrl_c(tmp_path: Pat
         "STEPCARE_BROKER_RUN_DIR": str(tmp_path / "kafka"),
         "STEPCARE_DATA_DIR": str(tmp_path / "worker"),
         "STEPCARE_WEB_PORT": str(free_port()),
+        "STEPCARE_WIRE_FORMAT": wire_format,
+        "STEPCARE_SCHEMA_REGISTRY_URL": registry_url if wire_format == "registry" else "",
     }
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with out.open("wb") as stdout, err.open("wb") as stderr:
@@ -50,6 +60,9 @@ def test_make_run_shows_escalations_and_stops_everything_on_ctrl_c(tmp_path: Pat
     messages = err.read_text()
     assert "/metrics" in messages and "[stepcare] stopped" in messages
     assert broker_pids(tmp_path / "kafka") == []
+    assert registry_pids(tmp_path / ".run/registry") == []
+    if wire_format == "registry":
+        assert f"ready at {registry_url}" in messages, messages
     assert processes_with(f"STEPCARE_DATA_DIR={tmp_path / 'worker'}".encode()) == []
 
 
