@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -158,3 +159,55 @@ def test_events_of_a_stock_avro_serializer_are_applied_and_unknown_ids_dead_lett
         f"registry schema id {other_id}: the writer schema is not a org.stepcare.PatientEvent "
         "record",
     ]
+
+
+def test_while_the_registry_is_down_records_wait_and_none_is_lost_or_dead_lettered(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path
+) -> None:
+    """A registry-framed event arrives while the registry is down: the worker neither drops
+    nor dead-letters it (nor the event behind it of the same patient), counts the failed
+    lookups, and applies both, in order, once the registry answers."""
+    from streams.devtools.registry import Registry
+    from streams.kafka.settings import Settings
+    from tests.integration.test_worker_metrics import scrape
+    from tests.integration.workers import free_port
+
+    port = free_port()
+    registry = Registry(
+        tmp_path / "registry", port, cache_dir=Settings.from_env().cache_dir,
+        die_with_parent=True, report=lambda line: None,
+    )  # fmt: skip
+    deployment = registry_deployment(kafka_bootstrap, topic_name, tmp_path, registry.ccompat_url)
+    worker = deployment.worker("worker")
+    enrolled = {"event_id": "e-1", "patient_id": "p-1", "occurred_at": "2024-03-01T09:30:00Z",
+                "type": "ENROLLED"}  # fmt: skip
+    treatment = {**enrolled, "event_id": "e-2", "type": "DISENROLLED",
+                 "occurred_at": "2024-03-02T09:30:00Z"}  # fmt: skip
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    try:
+        # A fresh registry gives the first schema registered id 1: the event is framed so.
+        producer.produce(deployment.input, key=b"p-1",
+                         value=avro.encode_event(enrolled, registry_header(1)))  # fmt: skip
+        producer.produce(deployment.input, key=b"p-1", value=avro.encode_event(treatment))
+        assert producer.flush(30) == 0
+        web_port = deployment.env["STEPCARE_WEB_PORT"]
+        failures = "stepcare_schema_registry_errors_total", ()
+        deadline = time.monotonic() + 60
+        while scrape(web_port).get(failures, 0) < 2:  # it asked, and asked again
+            assert time.monotonic() < deadline, worker.tail()
+            time.sleep(0.5)
+        assert read_topic(kafka_bootstrap, deployment.escalations) == []
+        registry.start()
+        client = SchemaRegistryClient({"url": registry.ccompat_url})
+        schema = Schema(json.dumps(avro.EVENT_CODEC.current.schema), "AVRO")
+        assert client.register_schema(f"{deployment.input}-value", schema) == 1
+        received = [orjson.loads(line) for line in deployment.escalations_read(expected=2)]
+        dead = read_topic(kafka_bootstrap, deployment.dead_letters)
+    finally:
+        assert worker.stop() == 0
+        registry.stop()
+    assert [(e["kind"], e["trigger_event_id"]) for e in received] == [
+        ("INITIAL_VISIT_DUE", "e-1"),
+        ("VISIT_REQUEST_CANCELLED", "e-2"),
+    ]
+    assert dead == []
