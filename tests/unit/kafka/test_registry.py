@@ -50,6 +50,11 @@ def test_an_id_is_looked_up_once_then_remembered() -> None:
     assert registry.asked == [1]
 
 
+@pytest.mark.attack(
+    "a flood of input records with random registry schema ids",
+    f"at most {LOOKUPS_PER_SECOND} registry lookups a second; the others dead-lettered at once "
+    "(unknown-schema, not looked up), never waited for",
+)
 def test_over_the_pace_the_worker_gets_a_dead_letter_not_a_wait() -> None:
     registry = FakeRegistry()
     reader = framing(registry)
