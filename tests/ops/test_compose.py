@@ -269,8 +269,22 @@ def test_worker_port_is_the_web_port(services: dict[str, dict[str, Any]]) -> Non
 
 
 def test_worker_waits_for_a_healthy_broker(services: dict[str, dict[str, Any]]) -> None:
-    assert services["worker"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    assert services["worker"]["depends_on"] == {
+        "kafka": {"condition": "service_healthy"},
+        "schema-registry": {"condition": "service_started"},
+    }
     assert services["kafka"]["healthcheck"]["test"]
+
+
+def test_the_worker_reads_registry_framed_input_through_the_compose_registry(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    environment = services["worker"]["environment"]
+    registry_port = services["schema-registry"]["ports"][0].rsplit(":", 1)[1]  # in the network
+    assert environment["STEPCARE_SCHEMA_REGISTRY_URL"] == (
+        f"http://schema-registry:{registry_port}/apis/ccompat/v7"
+    )
+    assert environment["STEPCARE_WIRE_FORMAT"] == "single-object"
 
 
 def listeners(value: str) -> dict[str, tuple[str, int]]:
