@@ -23,6 +23,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,7 +120,18 @@ def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     try:
         yield registry.start()
     finally:
+        registry.report(f"RSS at the end of the session: {_rss_mb(registry.pid)}")
         registry.stop()
+
+
+def _rss_mb(pid: int | None) -> str:
+    """A process's resident memory (VmRSS), for the CI log: what the registry costs."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, TypeError):
+        return "unknown"
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")), 0)
+    return f"{kb / 1024:.0f} MB"
 
 
 @pytest.fixture
