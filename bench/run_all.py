@@ -20,6 +20,10 @@ Scenarios (``--only``/``--skip`` take these names):
   (``STEPCARE_CLOCK=event``; events/s from its /metrics, first to last processed; a stage
   breakdown from ``bench/probe.py``), the raw confluent-kafka loop (``bench/raw_loop.py``) and
   the Quix Streams peer (``bench/quix_peer.py``, run with ``--quix-python``).
+* ``framing``: the worker (at least once) on the same log in each wire framing, alternating,
+  two rounds each: single-object, and a copy in registry framing read from (and escalations
+  written in) the registry framing, with an Apicurio Registry the benchmark starts (issue 15:
+  CPU per record within 10%).
 * ``scaling``: the same log with 1 and 2 workers of one deployment (at least once).
 * ``latency``: a worker per guarantee; ENROLLED events of new patients (each yields one
   escalation) published at ``--latency-rates`` events/s for ``--latency-seconds`` each, record
@@ -74,7 +78,7 @@ ROOT = h.ROOT
 DOC = ROOT / "docs" / "benchmarks.md"
 LAST_RESULTS = h.DATA_DIR / "last-results.json"
 BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
-SCENARIOS = ("replay", "throughput", "scaling", "latency", "recovery")
+SCENARIOS = ("replay", "throughput", "framing", "scaling", "latency", "recovery")
 GUARANTEES = ("at_least_once", "exactly_once")
 
 GOAL_RAW_SHARE = 0.5
@@ -200,10 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if kafka:
             with h.Broker(run_dir / "kafka", args.kafka_version) as broker:
                 bench = KafkaBench(args, broker, run_dir)
-                if "throughput" in kafka or "scaling" in kafka:
+                if {"throughput", "framing", "scaling"} & set(kafka):
                     bench.publish_mixed_log()
                 if "throughput" in kafka:
                     results["throughput"] = bench.throughput()
+                if "framing" in kafka:
+                    results["framing"] = bench.framing()
                 if "scaling" in kafka:
                     results["scaling"] = bench.scaling()
                 if "latency" in kafka:
@@ -395,11 +401,16 @@ class KafkaBench:
         return out
 
     def worker_throughput(
-        self, guarantee: str, workers: int, probe: bool = False
+        self,
+        guarantee: str,
+        workers: int,
+        probe: bool = False,
+        topic: str | None = None,
+        **extra: str,
     ) -> dict[str, Any]:
         assert self.log is not None
         app_id = f"bench-{workers}w-{guarantee.replace('_', '-')}-{uuid.uuid4().hex[:4]}"
-        env = h.worker_env(self.broker.bootstrap, app_id, self.topic, guarantee)
+        env = h.worker_env(self.broker.bootstrap, app_id, topic or self.topic, guarantee, **extra)
         profile = self.args.cprofile and workers == 1
         progress(f"worker x{workers}, {guarantee}: {len(self.log):,} events")
         with h.workers(workers, env, self.run_dir, app_id, probe=probe,
@@ -429,6 +440,42 @@ class KafkaBench:
         progress(f"  {tp.rate:,.0f} events/s ({tp.events:,} in {tp.seconds:.1f} s); "
                  f"cpu: {cpu.text()}")  # fmt: skip
         return result
+
+    # -- (b') the two wire framings (issue 15) ----------------------------------------------
+
+    def framing(self) -> dict[str, Any]:
+        """The worker at least once on the same log in each framing, back to back: the
+        single-object topic, and a copy of it in registry framing (registry from
+        ``streams.devtools.registry``; the worker writes its escalations in registry framing)."""
+        assert self.log is not None
+        from streams.devtools.registry import Registry
+        from streams.kafka.registry import framing_for
+        from streams.kafka.settings import Settings
+
+        registry = Registry(self.run_dir / "registry", h.free_port(),
+                            cache_dir=Settings.from_env().cache_dir, die_with_parent=True,
+                            report=progress)  # fmt: skip
+        url = registry.start()
+        try:
+            topic = f"{self.topic}.registry"
+            settings = Settings(wire_format="registry", schema_registry_url=url)
+            header = framing_for(settings, events_topic=topic).event_header
+            self.broker.create_topic(topic)
+            h.publish(self.broker.bootstrap, topic,
+                      [(k, header + v[10:], t) for k, v, t in self.log.records])  # fmt: skip
+            out: dict[str, Any] = {"events": len(self.log)}
+            for round_ in range(2):  # alternating, twice: the machine is shared
+                for name, extra in (
+                    ("single-object", {}),
+                    ("registry", {"topic": topic, "STEPCARE_WIRE_FORMAT": "registry",
+                                  "STEPCARE_SCHEMA_REGISTRY_URL": url}),
+                ):  # fmt: skip
+                    progress(f"framing {name}, round {round_ + 1}")
+                    result = self.worker_throughput("at_least_once", 1, **extra)  # type: ignore[arg-type]
+                    out.setdefault(name, []).append(result)
+            return out
+        finally:
+            registry.stop()
 
     def _spy(self, worker: h.Worker, name: str) -> tuple[subprocess.Popen[bytes], Path]:
         """py-spy (100 Hz, every thread, idle excluded) on the worker until ``_spy_stop``."""
@@ -885,6 +932,8 @@ def render(merged: dict[str, Any]) -> str:
         add(replay_section(s["replay"]))
     if "throughput" in s:
         add(throughput_section(s["throughput"]))
+    if "framing" in s:
+        add(framing_section(s["framing"]))
     if "scaling" in s:
         add(scaling_section(s["scaling"]))
     if "latency" in s:
@@ -1035,6 +1084,34 @@ def replay_section(r: dict[str, Any]) -> str:
 
 def _cores(cpu: dict[str, float], prefix: str) -> float:
     return sum(v for k, v in cpu.items() if k.startswith(prefix))
+
+
+def framing_section(f: dict[str, Any]) -> str:
+    """The worker in each wire framing (issue 15: the registry framing within 10%)."""
+    out = [
+        f"### (b') The two wire framings ({f['measured']})\n",
+        f"The worker, at least once, on the throughput log ({f['events']:,} events) in each "
+        "framing, alternating, two rounds each: the single-object topic, and a copy of it in "
+        "registry framing (Apicurio Registry on loopback; the worker writes its escalations in "
+        "registry framing too). CPU per record: the worker's CPU seconds over the events. "
+        "`bench/framing.py` measures the codec work alone.\n",
+        "| Framing | events/s (each round) | CPU per record (each round) | escalations |",
+        "|---|---|---|---|",
+    ]
+    best: dict[str, float] = {}
+    for name in ("single-object", "registry"):
+        runs = f.get(name, [])
+        rates = [r["rate"] for r in runs]
+        cpu = [r["worker_cpu_seconds"] / max(1, r["events"]) * 1e3 for r in runs]
+        best[name] = min(cpu) if cpu else 0.0
+        sent = " / ".join(_f(r["escalations"]) for r in runs)
+        out.append(f"| {name} | {' / '.join(_f(x) for x in rates)} | "
+                   f"{' / '.join(f'{x:.3f} ms' for x in cpu)} | {sent} |")  # fmt: skip
+    if best.get("single-object"):
+        ratio = best["registry"] / best["single-object"]
+        out.append(f"\nRegistry over single-object, best CPU per record of each: **{ratio:.2f}x** "
+                   f"(goal ≤ 1.10x: {'met' if ratio <= 1.10 else 'not met'}).\n")  # fmt: skip
+    return "\n".join(out)
 
 
 def throughput_section(t: dict[str, Any]) -> str:
