@@ -404,8 +404,9 @@ def _check_registry_url(value: str) -> None:
         parts.port  # noqa: B018 (ValueError if it is not 0-65535)
         _check_host(parts.hostname)
     except ValueError:
+        shown = "(not shown: it holds user info)" if "@" in value else repr(value[:120])
         raise SettingsError(
-            f"{env_name('schema_registry_url')}={value[:120]!r}: expected http(s)://host[:port]"
+            f"{env_name('schema_registry_url')}={shown}: expected http(s)://host[:port]"
             "[/path] (no user name or password in it: they are settings of their own)"
         ) from None
 
