@@ -85,6 +85,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "streams.cli.registry",
         "run a local schema registry (Apicurio, Confluent-compatible API; dev, tests)",
     ),
+    "schemas": (
+        "streams.cli.schemas",
+        "stepcare's schemas in a schema registry: register, check a candidate .avsc, list",
+    ),
 }
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from streams.clinical.escalations import Escalation
 from streams.errors import StepcareError
@@ -153,7 +154,7 @@ class SchemaRegistry:
             body={"compatibility": level},
         )
 
-    def compatible(self, subject: str, schema: dict[str, Any]) -> bool:
+    def compatible(self, subject: str, schema: dict[str, Any] | list[Any] | str) -> bool:
         """Whether ``schema`` may be registered next under ``subject`` (true if it is empty)."""
         try:
             self.client.get_latest_version(subject)
@@ -177,6 +178,49 @@ class SchemaRegistry:
             registered = self._call("version", self.client.get_version, subject, version)
             found.append((int(version), int(registered.schema_id)))
         return found
+
+    # -- `stepcare schemas`: what is registered ----------------------------------------------
+
+    def registered(self, subject: str, schema: dict[str, Any]) -> tuple[int, int] | None:
+        """(version, schema id) of ``schema`` (this exact text) under ``subject``, or None."""
+        candidate = self._schema(json.dumps(schema), "AVRO")
+        try:
+            found = self.client.lookup_schema(subject, candidate)
+        except self._error as exc:
+            if exc.http_status_code == NOT_FOUND:
+                return None
+            raise RegistryError(f"schema registry {self.url}: {subject}: {_why(exc)}") from None
+        except Exception as exc:
+            raise RegistryError(f"schema registry {self.url}: {subject}: {_why(exc)}") from None
+        return _numbers(found)
+
+    def latest(self, subject: str) -> tuple[int, int] | None:
+        """(version, schema id) of the latest version of ``subject``; None if it has none."""
+        try:
+            found = self.client.get_latest_version(subject)
+        except self._error as exc:
+            if exc.http_status_code == NOT_FOUND:
+                return None
+            raise RegistryError(f"schema registry {self.url}: {subject}: {_why(exc)}") from None
+        except Exception as exc:
+            raise RegistryError(f"schema registry {self.url}: {subject}: {_why(exc)}") from None
+        return _numbers(found)
+
+    def compatibility(self, subject: str | None = None) -> str:
+        """GET /config/<subject> (the registry's default without a subject, or if the subject
+        has no level of its own): Apicurio answers ``compatibilityLevel``, as Confluent does."""
+        path = "config" if subject is None else f"config/{quote(subject, safe='')}"
+        try:
+            answer = self.client._rest_client.get(path)
+        except self._error as exc:
+            if exc.http_status_code == NOT_FOUND and subject is not None:
+                return self.compatibility()
+            raise RegistryError(f"schema registry {self.url}: {path}: {_why(exc)}") from None
+        except Exception as exc:
+            raise RegistryError(f"schema registry {self.url}: {path}: {_why(exc)}") from None
+        if not isinstance(answer, dict):
+            return "?"
+        return str(answer.get("compatibilityLevel") or answer.get("compatibility") or "?")
 
 
 @dataclass
@@ -298,6 +342,11 @@ def framing_for(
         framing.escalation_header = registry_header(schema_id)
         _know(framing.escalations, schema_id, avro.ESCALATION_CODEC)
     return framing
+
+
+def _numbers(found: Any) -> tuple[int, int]:
+    """(version, schema id) of a RegisteredSchema: both are set in a registry's answers."""
+    return int(found.version), int(found.schema_id)
 
 
 def _know(writers: RegistryWriters, schema_id: int, codec: RecordCodec) -> None:
