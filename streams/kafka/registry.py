@@ -86,7 +86,10 @@ def _why(exc: Exception) -> str:
     """A registry failure in one line (never the schema, never credentials)."""
     status = getattr(exc, "http_status_code", None)  # confluent-kafka's SchemaRegistryError
     if status is not None:
-        return f"HTTP {status}: {getattr(exc, 'error_message', '')}"[:300]
+        message = getattr(exc, "error_message", None)
+        if status == NOT_FOUND and not message:  # not the Confluent API at all
+            return "HTTP 404 (is it the registry's Confluent API, e.g. .../apis/ccompat/v7?)"
+        return f"HTTP {status}: {message}"[:300]
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}{': ' + text[:200] if text else ''}"
 

@@ -67,10 +67,12 @@ def test_a_malformed_registry_option_is_one_line_naming_the_option(
 ) -> None:
     status, out, err = _run(["list", "--registry", url], capsys)
     assert (status, out) == (2, "")
+    shown = "(not shown: it holds user info)" if "@" in url else repr(url)
     assert err == (
-        f"stepcare: --registry {url!r}: expected http(s)://host[:port][/path] (no user name or "
+        f"stepcare: --registry {shown}: expected http(s)://host[:port][/path] (no user name or "
         "password in it: they are settings of their own)\n"
     )
+    assert "secret" not in err
 
 
 def _candidate(tmp_path: Path, content: bytes, name: str = "candidate.avsc") -> str:
