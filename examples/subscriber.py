@@ -427,7 +427,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                         continue
                     where = f"{msg.topic()} [{msg.partition()}] @ {msg.offset()}"
                     try:
-                        escalation = decoder.decode(msg.value(), msg.topic())
+                        escalation = decoder.decode(msg.value(), msg.topic() or args.topic)
                     except UndecodableRecord as exc:
                         log(f"cannot decode the record at {where}: {exc}")
                         log("stopping without committing past it; fix, then restart")
