@@ -7,13 +7,18 @@ What it shows, in the order a hospital integration team needs it:
    ``isolation.level=read_committed``: records of a stepcare transaction that was aborted (a
    worker crash under ``exactly_once``) are never seen. ``auto.offset.reset=earliest``, so a new
    consumer group starts at the beginning of the topic's retention and misses nothing.
-2. **Decoding without a schema registry.** Values are Avro single-object encoding: ``C3 01``,
-   the 8-byte little-endian CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical
-   Form, then the Avro body. The decoder loads the ``.avsc`` files you give it, computes their
-   fingerprints, and **stops loudly** on a record whose fingerprint it does not know (a newer
-   schema: add its ``.avsc`` with a second ``--schema``), without committing past it, so no
-   escalation is skipped silently. Records are read into the first ``--schema`` (your code's
-   schema) by Avro schema resolution.
+2. **Decoding both framings, told apart by the first byte** (docs/integration.md, "Wire
+   format"). ``C3``: Avro single-object encoding, ``C3 01``, the 8-byte little-endian
+   CRC-64-AVRO fingerprint of the writer schema's Parsing Canonical Form, then the Avro body;
+   no schema registry is needed: the decoder loads the ``.avsc`` files you give it and computes
+   their fingerprints. ``00``: the registry framing (Confluent wire format), ``00``, a 4-byte
+   big-endian schema id, then the Avro body; read with confluent-kafka's own
+   ``SchemaRegistryClient`` and ``AvroDeserializer`` when a registry is given (``--registry
+   URL`` or ``STEPCARE_SCHEMA_REGISTRY_URL``). Either way it **stops loudly** on a record whose
+   writer schema it cannot know (an unknown fingerprint: add the newer ``.avsc`` with a second
+   ``--schema``; an unknown schema id; a registry-framed record and no registry), without
+   committing past it, so no escalation is skipped silently. Records are read into the first
+   ``--schema`` (your code's schema) by Avro schema resolution, in both framings.
 3. **Deduplicating on escalation_id.** stepcare publishes at least once and its ids are
    deterministic, so the same escalation can arrive twice (a redelivery, a worker restart, a
    rebalance here). The "booking" and the record "this escalation_id was handled" are written
@@ -37,18 +42,23 @@ Run it (the local development broker; Ctrl-C stops it cleanly)::
 
     python examples/subscriber.py --bootstrap-servers 127.0.0.1:9092 \\
         --group scheduling-ward-7 --state bookings.sqlite \\
-        --schema schemas/org.stepcare.Escalation.avsc
+        --schema schemas/org.stepcare.Escalation.avsc \\
+        --registry http://127.0.0.1:8081/apis/ccompat/v7   # only for the registry framing
 
 On a secured cluster, set ``KAFKA_SECURITY_PROTOCOL=SASL_SSL``, ``KAFKA_SASL_MECHANISM`` (for
 example ``SCRAM-SHA-512``), ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD`` and, if the broker's
-CA is not in the system trust store, ``KAFKA_SSL_CA_LOCATION``.
+CA is not in the system trust store, ``KAFKA_SSL_CA_LOCATION``. A registry with basic
+authentication or its own CA: ``STEPCARE_SCHEMA_REGISTRY_USERNAME``,
+``STEPCARE_SCHEMA_REGISTRY_PASSWORD`` and ``STEPCARE_SCHEMA_REGISTRY_CAFILE`` (stepcare's names).
 
 Exit status: 0 after Ctrl-C/SIGTERM, ``--max-messages`` or ``--idle-timeout``; 1 on a fatal
 Kafka error; 2 for bad arguments; 3 when a record cannot be decoded (unknown schema or corrupt
-value: see stderr; the offsets before it are committed, it and those after it are not).
+value: see stderr; the offsets before it are committed, it and those after it are not); 4 when
+the schema registry cannot be asked about a new schema id (unreachable, refused: restart when
+it answers; nothing past the record is committed).
 
-Needs only ``confluent-kafka`` and ``fastavro`` (pip install confluent-kafka fastavro); it does
-not import stepcare.
+Needs only ``confluent-kafka`` and ``fastavro`` (pip install "confluent-kafka[avro]" fastavro;
+the extra brings the schema registry client's dependencies); it does not import stepcare.
 """
 
 from __future__ import annotations
@@ -69,12 +79,19 @@ from typing import Any
 
 import fastavro
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 DEFAULT_TOPIC = "stepcare.escalations.v1"
 DEFAULT_SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "org.stepcare.Escalation.avsc"
 SOE_MARKER = b"\xc3\x01"
 SOE_HEADER_SIZE = 10  # marker (2) + fingerprint (8)
+REGISTRY_MAGIC = 0  # the registry framing's first byte; then a 4-byte big-endian schema id
+REGISTRY_HEADER_SIZE = 5
+NOT_FOUND = 404
 
 VISIT_KINDS = {
     "INITIAL_VISIT_DUE",
@@ -90,29 +107,50 @@ class UndecodableRecord(Exception):
     """A value this subscriber cannot decode: never skip it silently."""
 
 
-class EscalationDecoder:
-    """Avro single-object-encoding decoder for the schemas it was given, by fingerprint."""
+class RegistryUnavailable(Exception):
+    """The schema registry could not be asked about a schema id: not the record's fault."""
 
-    def __init__(self, schema_paths: Sequence[Path]) -> None:
+
+class EscalationDecoder:
+    """Decoder of both framings: single-object encoding for the schemas it was given (by
+    fingerprint), the registry framing through a schema registry, if it has one."""
+
+    def __init__(
+        self, schema_paths: Sequence[Path], registry: dict[str, Any] | None = None
+    ) -> None:
         self.writers: dict[bytes, dict[str, Any]] = {}
         self.reader: dict[str, Any] | None = None
+        reader_text = ""
         for path in schema_paths:
-            schema = fastavro.parse_schema(json.loads(path.read_text(encoding="utf-8")))
+            text = path.read_text(encoding="utf-8")
+            schema = fastavro.parse_schema(json.loads(text))
             canonical = to_parsing_canonical_form(schema)
             # fastavro gives the CRC-64-AVRO fingerprint as the hex of its little-endian bytes,
             # which is the byte order on the wire.
             self.writers[bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))] = schema
             if self.reader is None:
-                self.reader = schema
+                self.reader, reader_text = schema, text
         if self.reader is None:
             raise ValueError("at least one schema is needed")
+        self.registry_url = registry["url"] if registry else None
+        self.registry: SchemaRegistryClient | None = None
+        self.deserializer: AvroDeserializer | None = None
+        if registry:
+            self.registry = SchemaRegistryClient(registry)
+            # The reader schema: records are resolved into your code's schema, as above.
+            self.deserializer = AvroDeserializer(self.registry, reader_text)
 
     def known(self) -> list[str]:
         return [fp.hex() for fp in self.writers]
 
-    def decode(self, value: bytes | None) -> dict[str, Any]:
+    def decode(self, value: bytes | None, topic: str) -> dict[str, Any]:
+        if value and value[0] == REGISTRY_MAGIC:
+            return self.decode_registry(value, topic)
         if value is None or len(value) < SOE_HEADER_SIZE or value[:2] != SOE_MARKER:
-            raise UndecodableRecord("not Avro single-object encoding (no C3 01 marker)")
+            raise UndecodableRecord(
+                "neither framing: not Avro single-object encoding (C3 01 ...) nor the registry "
+                "framing (00 ...)"
+            )
         fp = value[2:SOE_HEADER_SIZE]
         writer = self.writers.get(fp)
         if writer is None:
@@ -127,6 +165,47 @@ class EscalationDecoder:
             raise UndecodableRecord(f"malformed Avro body: {exc}") from exc
         if body.tell() != len(value) - SOE_HEADER_SIZE:
             raise UndecodableRecord("malformed Avro body: trailing bytes")
+        if not isinstance(record, dict):
+            raise UndecodableRecord("the schema is not a record")
+        return record
+
+    def decode_registry(self, value: bytes, topic: str) -> dict[str, Any]:
+        """A registry-framed value, by confluent-kafka's own deserializer."""
+        if len(value) <= REGISTRY_HEADER_SIZE:
+            raise UndecodableRecord(f"registry framing: {len(value)} bytes, no Avro body")
+        schema_id = int.from_bytes(value[1:REGISTRY_HEADER_SIZE], "big")
+        if self.registry is None or self.deserializer is None:
+            raise UndecodableRecord(
+                f"registry-framed record (schema id {schema_id}) but no schema registry is "
+                "configured: give --registry URL or set STEPCARE_SCHEMA_REGISTRY_URL"
+            )
+        # The writer schema first (the client caches it, the deserializer asks it again):
+        # an unknown id is the record's problem, an unreachable registry is not.
+        try:
+            writer = json.loads(str(self.registry.get_schema(schema_id).schema_str))
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == NOT_FOUND:
+                raise UndecodableRecord(
+                    f"the schema registry has no schema id {schema_id}"
+                ) from None
+            raise RegistryUnavailable(
+                f"{self.registry_url}: schema id {schema_id}: HTTP {exc.http_status_code}: "
+                f"{exc.error_message}"
+            ) from None
+        except Exception as exc:  # httpx: refused, timed out, TLS
+            raise RegistryUnavailable(
+                f"{self.registry_url}: schema id {schema_id}: {type(exc).__name__}: {exc}"
+            ) from None
+        assert self.reader is not None
+        name = writer.get("name") if isinstance(writer, dict) else None
+        if name not in (self.reader["name"], self.reader["name"].rsplit(".", 1)[-1]):
+            raise UndecodableRecord(
+                f"schema id {schema_id} is not an {self.reader['name']} schema ({name!r})"
+            )
+        try:
+            record = self.deserializer(value, SerializationContext(topic, MessageField.VALUE))
+        except Exception as exc:  # fastavro and the deserializer raise several types
+            raise UndecodableRecord(f"malformed Avro body (schema id {schema_id}): {exc}") from exc
         if not isinstance(record, dict):
             raise UndecodableRecord("the schema is not a record")
         return record
@@ -250,6 +329,20 @@ def security_config(environ: Mapping[str, str]) -> dict[str, Any]:
     return config
 
 
+def registry_config(url: str | None, environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """confluent-kafka ``SchemaRegistryClient`` settings, or None without a registry URL."""
+    if not url:
+        return None
+    config: dict[str, Any] = {"url": url}
+    user = environ.get("STEPCARE_SCHEMA_REGISTRY_USERNAME")
+    if user:
+        password = environ.get("STEPCARE_SCHEMA_REGISTRY_PASSWORD", "")
+        config["basic.auth.user.info"] = f"{user}:{password}"
+    if environ.get("STEPCARE_SCHEMA_REGISTRY_CAFILE"):
+        config["ssl.ca.location"] = environ["STEPCARE_SCHEMA_REGISTRY_CAFILE"]
+    return config
+
+
 def consumer_config(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
     return {
         "bootstrap.servers": args.bootstrap_servers,
@@ -294,7 +387,10 @@ def commit(consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    decoder = EscalationDecoder(args.schema)
+    registry = registry_config(
+        args.registry or environ.get("STEPCARE_SCHEMA_REGISTRY_URL"), environ
+    )
+    decoder = EscalationDecoder(args.schema, registry)
     store = BookingStore(args.state)
     consumer = Consumer(consumer_config(args, environ))
     stop = Stop()
@@ -304,7 +400,10 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     last_record = time.monotonic()
     try:
         consumer.subscribe([args.topic])
-        log(f"reading {args.topic} as group {args.group}; schemas {', '.join(decoder.known())}")
+        log(
+            f"reading {args.topic} as group {args.group}; schemas {', '.join(decoder.known())}; "
+            f"schema registry {decoder.registry_url or 'none'}"
+        )
         while not stop.requested:
             want = args.batch if args.max_messages is None else args.max_messages - read
             if want <= 0:
@@ -328,11 +427,16 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                         continue
                     where = f"{msg.topic()} [{msg.partition()}] @ {msg.offset()}"
                     try:
-                        escalation = decoder.decode(msg.value())
+                        escalation = decoder.decode(msg.value(), msg.topic() or args.topic)
                     except UndecodableRecord as exc:
                         log(f"cannot decode the record at {where}: {exc}")
                         log("stopping without committing past it; fix, then restart")
                         status = 3
+                        return status
+                    except RegistryUnavailable as exc:
+                        log(f"cannot ask the schema registry about the record at {where}: {exc}")
+                        log("stopping without committing past it; restart when it answers")
+                        status = 4
                         return status
                     booking = store.handle(escalation, msg)
                     read += 1
@@ -379,6 +483,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="AVSC",
         help="an Escalation schema file; repeat it to accept other versions: records are read "
         f"into the first one (default: {DEFAULT_SCHEMA})",
+    )
+    parser.add_argument(
+        "--registry",
+        metavar="URL",
+        help="Confluent-compatible schema registry, to read registry-framed records (default: "
+        "STEPCARE_SCHEMA_REGISTRY_URL; without either, such a record stops the subscriber)",
     )
     parser.add_argument(
         "--max-messages", type=positive_int, metavar="N", help="stop after N records"

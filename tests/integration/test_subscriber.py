@@ -5,7 +5,10 @@ records, redeliveries (the same escalation_id again) and a transaction that was 
 subscriber runs as a separate process, is stopped in the middle and restarted with the same state
 file, and must book every committed escalation exactly once, none of the aborted ones, and leave
 its group's offsets at the end of the topic. It must also stop, without committing past it, on a
-record of a schema it does not know, and decode it once it is given that schema.
+record of a schema it does not know, and decode it once it is given that schema. In the registry
+framing (``00`` + schema id, as stepcare writes with ``STEPCARE_WIRE_FORMAT=registry``) it reads
+through a real schema registry, and stops in the same way without one, on an unknown id, or
+when the registry cannot be asked.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import datetime as dt
 import importlib.util
 import io
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -30,6 +34,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from streams.formats.avro import encode_escalation
+from streams.formats.wire import registry_header
+from streams.kafka.registry import framing_for
+from streams.kafka.settings import Settings
 from tests.integration.test_broker_smoke import consume_all, create_topic
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,12 +61,15 @@ def headers(escalation: dict[str, Any]) -> list[tuple[str, bytes]]:
     ]
 
 
-def send(producer: Producer, topic: str, escalations: list[dict[str, Any]]) -> None:
+def send(
+    producer: Producer, topic: str, escalations: list[dict[str, Any]], header: bytes | None = None
+) -> None:
+    """Produce ``escalations`` as stepcare does; ``header``: the registry framing's 5 bytes."""
     for escalation in escalations:
         producer.produce(
             topic,
             key=escalation["patient_id"].encode(),
-            value=encode_escalation(escalation),
+            value=encode_escalation(escalation, header),
             headers=headers(escalation),
         )
 
@@ -84,13 +94,16 @@ class Subscriber:
         shutil.copy(SCHEMA, self.schema)
         self.state = self.workdir / "state.sqlite"
 
-    def run(self, group: str, *options: str, schemas: tuple[Path, ...] = ()) -> Run:
+    def run(self, group: str, *options: str, schemas: tuple[Path, ...] = (), **env: str) -> Run:
         schema_args = [arg for path in (self.schema, *schemas) for arg in ("--schema", str(path))]
+        environ = {
+            k: v for k, v in os.environ.items() if not k.startswith("STEPCARE_SCHEMA_REGISTRY")
+        }
         proc = subprocess.run(
             [sys.executable, str(self.script), "--bootstrap-servers", self.bootstrap,
              "--topic", self.topic, "--group", group, "--state", str(self.state),
              *schema_args, *options],
-            cwd=self.workdir, capture_output=True, text=True, timeout=180,
+            cwd=self.workdir, capture_output=True, text=True, timeout=180, env={**environ, **env},
         )  # fmt: skip
         bookings = [json.loads(line) for line in proc.stdout.splitlines()]
         return Run(proc.returncode, bookings, proc.stderr)
@@ -257,6 +270,110 @@ def test_subscriber_stops_on_an_unknown_schema_without_skipping_it(
     assert committed_offsets(kafka_bootstrap, group, topic_name, 1) == {0: 4}
 
 
+ACTIONS = {
+    "VISIT_OVERDUE": "follow-up",
+    "SURVEY_OVERDUE": "follow-up",
+    "VISIT_REQUEST_CANCELLED": "cancel-request",
+}
+
+
+def booking_line(escalation: dict[str, Any]) -> dict[str, Any]:
+    """The JSON line the subscriber prints when it books ``escalation`` (its docstring)."""
+    return {
+        "escalation_id": escalation["escalation_id"],
+        "patient_id": escalation["patient_id"],
+        "kind": escalation["kind"],
+        "action": ACTIONS.get(escalation["kind"], "book-visit"),
+        "due_by": escalation["due_by"],
+    }
+
+
+def test_subscriber_reads_both_framings_and_stops_on_registry_records_without_a_registry(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path, schema_registry_url: str
+) -> None:
+    """A topic whose writer switched to the registry framing mid-stream (STEPCARE_WIRE_FORMAT
+    changed and the worker restarted): single-object records, then registry-framed ones."""
+    create_topic(kafka_bootstrap, topic_name)
+    escalations = load_escalations()
+    settings = Settings(wire_format="registry", schema_registry_url=schema_registry_url)
+    framing = framing_for(settings, events_topic=f"{topic_name}.in", escalations_topic=topic_name)
+    header = framing.escalation_header  # what stepcare's worker writes: its registered id
+    assert header[:1] == b"\x00"
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    send(producer, topic_name, escalations[:5])
+    send(producer, topic_name, escalations[5:], header)
+    assert producer.flush(30) == 0
+    subscriber = Subscriber(kafka_bootstrap, topic_name, tmp_path)
+    group = f"scheduling-{uuid.uuid4().hex[:8]}"
+
+    # No registry given: a clear one-line report at the first registry-framed record.
+    stopped = subscriber.run(group, "--idle-timeout", "8")
+    assert stopped.returncode == 3, stopped.stderr
+    schema_id = int.from_bytes(header[1:], "big")
+    assert (
+        f"subscriber: cannot decode the record at {topic_name} [0] @ 5: registry-framed record "
+        f"(schema id {schema_id}) but no schema registry is configured: give --registry URL or "
+        "set STEPCARE_SCHEMA_REGISTRY_URL"
+    ) in stopped.stderr.splitlines()
+    assert committed_offsets(kafka_bootstrap, group, topic_name, 1) == {0: 5}
+    assert [b["escalation_id"] for b in stopped.bookings] == [
+        e["escalation_id"] for e in escalations[:5]
+    ]
+
+    # The registry from stepcare's setting: the rest is read by confluent-kafka's deserializer.
+    resumed = subscriber.run(
+        group, "--idle-timeout", "8", STEPCARE_SCHEMA_REGISTRY_URL=schema_registry_url
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.bookings == [booking_line(e) for e in escalations[5:]]
+    assert committed_offsets(kafka_bootstrap, group, topic_name, 1) == {0: 17}
+    assert subscriber.stored_bookings() == {
+        e["escalation_id"]: (e["patient_id"], e["kind"], e["due_by"]) for e in escalations
+    }
+
+    # The same topic from the start with --registry: both framings in one run.
+    (tmp_path / "again").mkdir()
+    again = Subscriber(kafka_bootstrap, topic_name, tmp_path / "again")
+    both = again.run(f"{group}-2", "--idle-timeout", "8", "--registry", schema_registry_url)
+    assert both.returncode == 0, both.stderr
+    assert both.bookings == [booking_line(e) for e in escalations]
+
+
+def test_subscriber_stops_on_an_unknown_schema_id_and_on_an_unreachable_registry(
+    kafka_bootstrap: str, topic_name: str, tmp_path: Path, schema_registry_url: str
+) -> None:
+    create_topic(kafka_bootstrap, topic_name)
+    escalations = load_escalations()[:3]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    send(producer, topic_name, escalations[:1])
+    send(producer, topic_name, escalations[1:2], registry_header(2_000_000_000))
+    send(producer, topic_name, escalations[2:])
+    assert producer.flush(30) == 0
+    subscriber = Subscriber(kafka_bootstrap, topic_name, tmp_path)
+    group = f"scheduling-{uuid.uuid4().hex[:8]}"
+
+    unknown = subscriber.run(group, "--idle-timeout", "8", "--registry", schema_registry_url)
+    assert unknown.returncode == 3, unknown.stderr
+    assert (
+        f"subscriber: cannot decode the record at {topic_name} [0] @ 1: the schema registry has "
+        "no schema id 2000000000"
+    ) in unknown.stderr.splitlines()
+    assert committed_offsets(kafka_bootstrap, group, topic_name, 1) == {0: 1}
+
+    closed = "http://127.0.0.1:9/apis/ccompat/v7"  # port 9 (discard): nothing listens
+    unreachable = subscriber.run(group, "--idle-timeout", "8", "--registry", closed)
+    assert unreachable.returncode == 4, unreachable.stderr
+    lines = unreachable.stderr.splitlines()
+    prefix = (
+        f"subscriber: cannot ask the schema registry about the record at {topic_name} [0] @ 1: "
+        f"{closed}: schema id 2000000000: "
+    )
+    assert [line for line in lines if line.startswith(prefix)], unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+    assert committed_offsets(kafka_bootstrap, group, topic_name, 1) == {0: 1}
+    assert set(subscriber.stored_bookings()) == {escalations[0]["escalation_id"]}
+
+
 def test_subscriber_is_standalone() -> None:
     """A hospital team copies the file: it imports nothing of stepcare."""
     tree = ast.parse(SUBSCRIBER.read_text())
@@ -296,3 +413,16 @@ def test_subscriber_security_settings_come_from_the_environment() -> None:
         "ssl.ca.location": "/etc/ssl/hospital-ca.pem",
     }
     assert "security.protocol" not in module.consumer_config(args, {})
+    assert module.registry_config(None, environ) is None
+    assert module.registry_config(
+        "https://registry.hospital.example/apis/ccompat/v7",
+        {
+            "STEPCARE_SCHEMA_REGISTRY_USERNAME": "ward-7",
+            "STEPCARE_SCHEMA_REGISTRY_PASSWORD": "secret",
+            "STEPCARE_SCHEMA_REGISTRY_CAFILE": "/etc/ssl/hospital-ca.pem",
+        },
+    ) == {
+        "url": "https://registry.hospital.example/apis/ccompat/v7",
+        "basic.auth.user.info": "ward-7:secret",
+        "ssl.ca.location": "/etc/ssl/hospital-ca.pem",
+    }

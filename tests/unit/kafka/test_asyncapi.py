@@ -224,6 +224,8 @@ def test_avro_messages_reference_their_record_schema(doc: dict[str, Any]) -> Non
     expected = {
         "PatientEvent": "org.stepcare.PatientEvent",
         "Escalation": "org.stepcare.Escalation",
+        "PatientEventRegistry": "org.stepcare.PatientEvent",
+        "EscalationRegistry": "org.stepcare.Escalation",
     }
     for name, full_name in expected.items():
         message = doc["components"]["messages"][name]
@@ -234,6 +236,39 @@ def test_avro_messages_reference_their_record_schema(doc: dict[str, Any]) -> Non
         assert message["bindings"]["kafka"]["key"]["type"] == "string"
     dead_letter = doc["components"]["messages"]["DeadLetter"]
     assert dead_letter["bindings"]["kafka"]["key"]["type"] == "string"
+
+
+def test_both_framings_are_described_for_every_avro_channel(doc: dict[str, Any]) -> None:
+    """DESIGN §3: single-object encoding (no registry: no schema id binding) and the registry
+    framing (Confluent: the id in the payload, subjects by topic name), each Avro message in
+    both, on every channel and in every operation that carries it."""
+    from streams.kafka.registry import SUBJECT_SUFFIX
+
+    messages = doc["components"]["messages"]
+    pairs = {"PatientEvent": "PatientEventRegistry", "Escalation": "EscalationRegistry"}
+    for single, registry in pairs.items():
+        assert not {"schemaIdLocation", "schemaIdPayloadEncoding"} & set(
+            messages[single]["bindings"]["kafka"]
+        )
+        binding = messages[registry]["bindings"]["kafka"]
+        assert (binding["schemaIdLocation"], binding["schemaIdPayloadEncoding"]) == (
+            "payload",
+            "confluent",
+        )
+        assert binding["schemaLookupStrategy"] == "TopicNameStrategy" and SUBJECT_SUFFIX == "-value"
+        assert messages[registry]["payload"] == messages[single]["payload"]
+        assert messages[registry]["headers"] == messages[single]["headers"]
+        for name, channel in doc["channels"].items():
+            refs_here = {m["$ref"] for m in channel["messages"].values()}
+            if f"#/components/messages/{single}" in refs_here:
+                assert f"#/components/messages/{registry}" in refs_here, name
+        for name, operation in doc["operations"].items():
+            # an operation's message -> its channel's message -> the component
+            targets = {resolve(doc, m["$ref"])["$ref"] for m in operation["messages"]}
+            if f"#/components/messages/{single}" in targets:
+                assert f"#/components/messages/{registry}" in targets, name
+    description = doc["info"]["description"]
+    assert "`C3 01`" in description and "`00`" in description and "-value" in description
 
 
 def test_servers_local_broker_and_a_secured_one(doc: dict[str, Any]) -> None:

@@ -38,6 +38,16 @@ def test_every_setting_is_documented() -> None:
     assert all(doc.endswith(".") or doc.endswith(")") for _, _, doc in described)
 
 
+def test_the_readme_settings_table_lists_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `STEPCARE_")]
+    listed = {
+        name for row in rows for name in re.findall(r"`(STEPCARE_[A-Z_]+)`", row.split("|")[1])
+    }
+    assert listed == {name for name, _, _ in Settings.describe()}
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [
