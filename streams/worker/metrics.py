@@ -103,7 +103,7 @@ class WorkerMetrics:
         self.registry_errors = PromCounter(
             "stepcare_schema_registry_errors_total",
             "Failed lookups of a new input schema id in the schema registry (the record and "
-            "its partition wait, asking again).",
+            "the worker wait, asking again).",
             registry=registry,
         )
         self.ticks = PromCounter(

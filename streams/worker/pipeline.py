@@ -55,7 +55,8 @@ FUTURE_LIMIT = 86_400_000  # ms: live events dated later than this ahead of now 
 # on memory and on the work a crash repeats).
 SEALED_BATCHES = 2
 # A registry that cannot be asked about a new schema id: the record waits, asking again after
-# these many seconds, doubling up to the most (its partition waits with it; nothing is lost).
+# these many seconds, doubling up to the most. The worker (one agent for all its partitions)
+# waits with it: nothing is lost, nothing is reordered.
 REGISTRY_RETRY = (1.0, 30.0)
 
 
@@ -373,7 +374,7 @@ class Monitor:
 
     async def _look_up(self, schema_id: int) -> None:
         """Learn a new registry schema id of the input (a blocking lookup, in a thread). If the
-        registry cannot be asked, wait and ask again, the partition waiting with the record;
+        registry cannot be asked, wait and ask again, the worker waiting with the record;
         :class:`_Waiting` if a rebalance begins meanwhile (the record is delivered again)."""
         loop = asyncio.get_running_loop()
         pause, most = REGISTRY_RETRY
@@ -384,7 +385,7 @@ class Monitor:
             except RegistryError as exc:
                 self.metrics.registry_errors.inc()
                 log.warning(
-                    "input schema id %d cannot be looked up (%s): its partition waits, asking "
+                    "input schema id %d cannot be looked up (%s): the worker waits, asking "
                     "again in %.0f s", schema_id, exc, pause,
                 )  # fmt: skip
             waited_until = time.monotonic() + pause
