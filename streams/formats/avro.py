@@ -175,7 +175,7 @@ class RecordCodec:
             raise CodecError(
                 "not-single-object-encoding",
                 f"not Avro single-object encoding: {len(data)} bytes"
-                + ("" if len(data) < 2 else ", expected c301 first"),
+                + ("" if len(data) < 2 else ", expected c301 first (or 00: the registry framing)"),
             )
         found = bytes(data[2:HEADER_SIZE])
         writer = self.writers.get(found)

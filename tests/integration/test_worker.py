@@ -130,7 +130,10 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_processed(
 ) -> None:
     good = [orjson.loads(line) for line in (REPO / "examples/three-patients.jsonl").open()]
     bad: list[tuple[bytes, bytes, str, str]] = [  # key, value, reason, a phrase of the detail
-        (b"p-bad-1", bytes(range(256))[::7], "not-single-object-encoding", "expected c301"),
+        (b"p-bad-1", bytes(range(1, 256))[::7], "not-single-object-encoding", "expected c301"),
+        # 00 first: the registry framing, and this worker has no registry to look id 7 up in
+        (b"p-bad-1", b"\x00\x00\x00\x00\x07junk", "unknown-schema",
+         "registry schema id 7: no schema registry is configured"),
         (b"p-bad-1", soe_with_unknown_fingerprint(), "unknown-schema", "fingerprint"),
         (b"p-bad-2", encode_event(survey_with({"GP1": 7}, "p-bad-2", "b2")), "invalid-event",
          "item GP1: the response is outside 0-4"),

@@ -225,14 +225,15 @@ def test_input_shorter_than_the_header_is_not_single_object_encoding(data: bytes
     reason, message = _reason(data)
     assert reason == "not-single-object-encoding"
     assert message == f"not Avro single-object encoding: {len(data)} bytes" + (
-        "" if len(data) < 2 else ", expected c301 first"
+        "" if len(data) < 2 else ", expected c301 first (or 00: the registry framing)"
     )
 
 
 def test_random_bytes_or_json_are_not_single_object_encoding() -> None:
     assert _reason(b'{"event_id": "e-1"}') == (
         "not-single-object-encoding",
-        "not Avro single-object encoding: 19 bytes, expected c301 first",
+        "not Avro single-object encoding: 19 bytes, expected c301 first (or 00: the registry "
+        "framing)",
     )
     assert _reason(bytes(range(40)))[0] == "not-single-object-encoding"
     assert _reason(b"\x00\x00\x00\x00\x01" + encode_event(TICK))[0] == "not-single-object-encoding"
