@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from streams.devtools.config import LOG4J1, LOG4J2, Node, Secured, server_properties
-from streams.devtools.jars import BrokerError, Reporter, fetch_jars, find_java, jars_dir, kafka_line
+from streams.devtools.jars import (
+    BrokerError,
+    Reporter,
+    fetch_jars,
+    find_java,
+    jars_dir,
+    jvm_pids,
+    kafka_line,
+)
 from streams.devtools.security import (
     BROKER_PRINCIPAL,
     SCRAM_MECHANISM,
@@ -424,18 +432,4 @@ def _alive(pid: int, run_dir: Path) -> bool:
 
 def broker_pids(run_dir: Path | None = None) -> list[int]:
     """Pids of every live broker JVM started by stepcare (of one run folder, if given)."""
-    marker = b"-Dstepcare.run.dir="
-    if run_dir is not None:
-        marker += str(run_dir.resolve()).encode() + b"\0"
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmdline and b"kafka.Kafka" in cmdline and state not in ("Z", "X"):
-            pids.append(int(proc.name))
-    return pids
+    return jvm_pids(b"-Dstepcare.run.dir=", run_dir, also=b"kafka.Kafka")

@@ -156,3 +156,22 @@ def find_java() -> str:
     if not match or int(match[1]) < 17:
         raise BrokerError(f"{java} is not Java 17 or newer ({out.splitlines()[:1]})")
     return java
+
+
+def jvm_pids(marker: bytes, run_dir: Path | None = None, *, also: bytes = b"") -> list[int]:
+    """Pids of live processes whose command line holds ``marker`` (then ``run_dir``, if given,
+    and ``also``): the JVMs stepcare started (brokers, the registry), zombies excluded."""
+    if run_dir is not None:
+        marker += str(run_dir.resolve()).encode() + b"\0"
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and also in cmdline and state not in ("Z", "X"):
+            pids.append(int(proc.name))
+    return pids

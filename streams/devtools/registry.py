@@ -40,7 +40,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from streams.devtools.jars import BrokerError, Reporter
+from streams.devtools.jars import BrokerError, Reporter, jvm_pids
 from streams.devtools.jars import find_java as _broker_java
 from streams.errors import StepcareError
 
@@ -196,21 +196,7 @@ def _is_ours(pid: int, run_dir: Path) -> bool:
 
 def registry_pids(run_dir: Path | None = None) -> list[int]:
     """Pids of every live registry JVM started by stepcare (of one run folder, if given)."""
-    marker = _MARKER.encode()
-    if run_dir is not None:
-        marker += str(run_dir.resolve()).encode() + b"\0"
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmdline and state not in ("Z", "X"):
-            pids.append(int(proc.name))
-    return pids
+    return jvm_pids(_MARKER.encode(), run_dir)
 
 
 class Registry:

@@ -187,20 +187,16 @@ class SchemaRegistry:
     def registered(self, subject: str, schema: dict[str, Any]) -> tuple[int, int] | None:
         """(version, schema id) of ``schema`` (this exact text) under ``subject``, or None."""
         candidate = self._schema(json.dumps(schema), "AVRO")
-        try:
-            found = self.client.lookup_schema(subject, candidate)
-        except self._error as exc:
-            if exc.http_status_code == NOT_FOUND:
-                return None
-            raise RegistryError(f"schema registry {self.url}: {subject}: {_why(exc)}") from None
-        except Exception as exc:
-            raise RegistryError(f"schema registry {self.url}: {subject}: {_why(exc)}") from None
-        return _numbers(found)
+        return self._found_or_none(subject, self.client.lookup_schema, subject, candidate)
 
     def latest(self, subject: str) -> tuple[int, int] | None:
         """(version, schema id) of the latest version of ``subject``; None if it has none."""
+        return self._found_or_none(subject, self.client.get_latest_version, subject)
+
+    def _found_or_none(self, subject: str, call: Any, *args: Any) -> tuple[int, int] | None:
+        """(version, schema id) of what ``call`` finds; None if the registry answers 404."""
         try:
-            found = self.client.get_latest_version(subject)
+            found = call(*args)
         except self._error as exc:
             if exc.http_status_code == NOT_FOUND:
                 return None
