@@ -110,18 +110,26 @@ def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     if EXTERNAL_REGISTRY:
         yield EXTERNAL_REGISTRY
         return
+
+    def report(line: str) -> None:
+        print(f"[registry] {line}", file=sys.__stderr__, flush=True)
+        REGISTRY_LINES.append(line)  # shown again in the summary (pytest captures the above)
+
     registry = Registry(
         tmp_path_factory.mktemp("registry"),
         free_port(),
         cache_dir=Settings.from_env().cache_dir,
         die_with_parent=True,
-        report=lambda line: print(f"[registry] {line}", file=sys.__stderr__, flush=True),
+        report=report,
     )
     try:
         yield registry.start()
     finally:
         registry.report(f"RSS at the end of the session: {_rss_mb(registry.pid)}")
         registry.stop()
+
+
+REGISTRY_LINES: list[str] = []  # the session registry's start time and RSS, for the CI log
 
 
 def _rss_mb(pid: int | None) -> str:
@@ -153,6 +161,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if REGISTRY_LINES:
+        terminalreporter.section("schema registry")
+        for line in REGISTRY_LINES:
+            terminalreporter.write_line(line)
     rows = []
     for status in ("passed", "failed", "error", "skipped"):
         for report in terminalreporter.stats.get(status, []):
