@@ -159,14 +159,8 @@ class SchemaRegistry:
 
     def compatible(self, subject: str, schema: dict[str, Any] | list[Any] | str) -> bool:
         """Whether ``schema`` may be registered next under ``subject`` (true if it is empty)."""
-        try:
-            self.client.get_latest_version(subject)
-        except self._error as exc:
-            if exc.http_status_code == NOT_FOUND:
-                return True
-            raise RegistryError(f"schema registry {self.url}: {subject}: {_why(exc)}") from None
-        except Exception as exc:
-            raise RegistryError(f"schema registry {self.url}: {subject}: {_why(exc)}") from None
+        if self.latest(subject) is None:
+            return True
         candidate = self._schema(json.dumps(schema), "AVRO")
         verdict = self._call("compatibility", self.client.test_compatibility, subject, candidate)
         return bool(verdict)
