@@ -247,28 +247,23 @@ class Settings:
 
     def sasl_secret(self) -> str:
         """The SASL password, from the setting or the file named by ``sasl_password_file``."""
-        if self.sasl_password_file:
-            data = read_setting_file("sasl_password_file", self.sasl_password_file, secret=True)
-            try:
-                return data.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise SettingsError(
-                    f"{env_name('sasl_password_file')}: {self.sasl_password_file} is not UTF-8 text"
-                ) from None
-        return self.sasl_password
+        return self._password("sasl_password")
 
     def schema_registry_secret(self) -> str:
         """The registry password, from the setting or ``schema_registry_password_file``."""
-        if self.schema_registry_password_file:
-            name = "schema_registry_password_file"
-            data = read_setting_file(name, self.schema_registry_password_file, secret=True)
-            try:
-                return data.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise SettingsError(
-                    f"{env_name(name)}: {self.schema_registry_password_file} is not UTF-8 text"
-                ) from None
-        return self.schema_registry_password
+        return self._password("schema_registry_password")
+
+    def _password(self, field_name: str) -> str:
+        """Setting ``field_name``, or the UTF-8 text of the file its ``_file`` setting names."""
+        file_field = f"{field_name}_file"
+        path = getattr(self, file_field)
+        if not path:
+            return str(getattr(self, field_name))
+        data = read_setting_file(file_field, path, secret=True)
+        try:
+            return data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise SettingsError(f"{env_name(file_field)}: {path} is not UTF-8 text") from None
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context of the broker connection, from ``ssl_cafile``, ``ssl_certfile`` and
