@@ -48,7 +48,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     settings.confluent_config()  # the TLS files and the SASL password file can be read
     _check_listen(settings.web_host, settings.web_port)
     _check_data_dir(settings.data_dir)
-    topics.run(args, settings)
+    topics.create(settings, worker=True)
     framing = framing_for(
         settings, events_topic=settings.input_topic, escalations_topic=settings.escalations_topic
     )

@@ -26,7 +26,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.errors import StepcareError
 from streams.kafka.client import error_text
-from streams.kafka.settings import Settings, env_name
+from streams.kafka.settings import WORKER_TABLE, Settings, env_name
+
+log = logging.getLogger("stepcare.kafka.topics")
 
 
 class TopicError(StepcareError, RuntimeError):
@@ -99,24 +101,90 @@ def existing_topics(
         raise TopicError(f"cannot reach Kafka{at}: {error_text(exc)}") from None
 
 
-def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create the missing topics; return the names created. Refuses a mismatched input topic."""
+def changelog_topic(settings: Settings) -> str:
+    """The compacted topic faust keeps the worker's table in: ``<app id>-patients-changelog``."""
+    return f"{settings.app_id}-{WORKER_TABLE}-changelog"
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0, *, worker: bool = False) -> list[str]:
+    """Create the missing topics; return the names created. Refuses a mismatched input topic.
+
+    With ``worker``, the table's changelog too, before faust starts: faust makes it while its
+    consumer joins the group, and a group leader whose metadata does not have it yet leaves
+    it out of the assignment, which crashed the workers (seen on a 3-broker cluster: a
+    KeyError in faust's transactional producer). Created topics are waited for until every
+    broker that answers lists them, so the group leader's first metadata has them."""
     admin, existing = existing_topics(
         settings.confluent_config(), timeout, where=settings.bootstrap_servers
     )
-    wanted = topic_names(settings)
-    if settings.input_topic in existing:
-        count = len(existing[settings.input_topic].partitions)
-        if count != settings.partitions:
-            raise TopicError(
-                f"topic {settings.input_topic} has {count} partitions but "
-                f"{env_name('partitions')}={settings.partitions}; the worker's table must be "
-                f"co-partitioned with it: set {env_name('partitions')}={count}"
-            )
+    wanted = list(topic_names(settings))
+    co_partitioned = [settings.input_topic]
+    if worker:
+        wanted.append(changelog_topic(settings))
+        co_partitioned.append(changelog_topic(settings))
+    for name in co_partitioned:
+        if name in existing:
+            count = len(existing[name].partitions)
+            if count != settings.partitions:
+                raise TopicError(
+                    f"topic {name} has {count} partitions but "
+                    f"{env_name('partitions')}={settings.partitions}; the worker's table must "
+                    f"be co-partitioned with its input: set {env_name('partitions')}={count}"
+                )
     missing = [name for name in wanted if name not in existing]
     create_topics(admin, settings, missing, keep=(settings.input_topic, settings.escalations_topic),
-                  timeout=timeout)  # fmt: skip
+                  compacted=(changelog_topic(settings),), timeout=timeout)  # fmt: skip
+    if missing:
+        wait_until_listed(settings, missing, timeout)
     return missing
+
+
+def wait_until_listed(settings: Settings, names: list[str], timeout: float = 30.0) -> None:
+    """Wait until each broker that answers lists ``names`` with a leader for every partition.
+
+    A created topic reaches the brokers' metadata one by one; a client asking a broker that
+    lags is told the topic does not exist. Each broker is asked through a client that knows
+    only its address (librdkafka asks the broker it is connected to). A broker that does not
+    answer within a few seconds is skipped: it is down, and clients are not asking it either.
+    TopicError if the topics are not listed within ``timeout`` seconds."""
+    config = settings.confluent_config()
+    deadline = time.monotonic() + timeout
+    admin = AdminClient(dict(config))
+    brokers = _listed_brokers(admin, names, deadline)
+    for address in brokers:
+        one = AdminClient({**config, "bootstrap.servers": address})
+        try:
+            _listed_brokers(one, names, min(deadline, time.monotonic() + 5.0))
+        except TopicError:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("broker %s did not list %s within 5 s; not waited for", address,
+                        ", ".join(names))  # fmt: skip
+
+
+def _listed_brokers(admin: AdminClient, names: list[str], deadline: float) -> list[str]:
+    """Poll ``admin`` until its metadata has every topic of ``names`` with a leader for each
+    partition; the brokers' addresses then. TopicError at ``deadline``."""
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            metadata = admin.list_topics(timeout=max(0.1, min(left, 5.0)))
+        except KafkaException as exc:
+            problem = error_text(exc)
+        else:
+            unlisted = [
+                name for name in names
+                if name not in metadata.topics
+                or metadata.topics[name].error is not None
+                or not metadata.topics[name].partitions
+                or any(p.leader < 0 for p in metadata.topics[name].partitions.values())
+            ]  # fmt: skip
+            if not unlisted:
+                return sorted(f"{b.host}:{b.port}" for b in metadata.brokers.values())
+            problem = f"{', '.join(unlisted)} not listed yet"
+        if time.monotonic() >= deadline:
+            raise TopicError(f"created topics not ready: {problem}")
+        time.sleep(0.1)
 
 
 def create_topics(
@@ -125,11 +193,13 @@ def create_topics(
     names: list[str],
     *,
     keep: tuple[str, ...] = (),
+    compacted: tuple[str, ...] = (),
     timeout: float = 30.0,
 ) -> None:
     """Create ``names`` with the configured partitions and replication (another creator being
     faster is fine). Topics in ``keep`` hold their records until removed: records carry event
-    times, so a time-based retention would delete history (old events, a backfill) unread."""
+    times, so a time-based retention would delete history (old events, a backfill) unread.
+    Topics in ``compacted`` keep the last record of each key (faust's changelog config)."""
     if not names:
         return
     futures = admin.create_topics(
@@ -141,6 +211,7 @@ def create_topics(
                 config={
                     "min.insync.replicas": str(min(2, settings.replication)),
                     **({"retention.ms": "-1"} if name in keep else {}),
+                    **({"cleanup.policy": "compact"} if name in compacted else {}),
                 },
             )
             for name in names
