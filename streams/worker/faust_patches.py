@@ -1,7 +1,8 @@
 """Fixes for faust-streaming 0.15.3 defects that lose or repeat events, or stop a worker.
 
 Call ``apply()`` once per process before the worker starts (before ``faust.App(...)`` is fine).
-It patches: the recovery race described below (every guarantee); five exactly_once defects
+It patches: the recovery race described below and a seek of standby partitions a rebalance
+added mid-recovery (:func:`_seek_offsets`) (every guarantee); five exactly_once defects
 (section "exactly_once" further down); a stop (or rebalance) that waits for ever for an event
 that is never acknowledged (section "stopping"); and a start-up that fails while one broker is
 down (section "startup"). Each was found by a test in ``tests/integration`` on a real cluster.
@@ -157,6 +158,23 @@ def _snapshot_getmany(original: Any) -> Any:
     return getmany
 
 
+async def _seek_offsets(self: Any, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+    """``Recovery._seek_offsets`` from faust 0.15.3; an offset not built yet reads from the start.
+
+    A rebalance that lands while a recovery waits for its active changelogs adds the new
+    assignment's standby partitions with offset None (``Recovery._add``) before that recovery
+    goes on to seek *every* standby partition; aiokafka refuses None ("Offset must be a positive
+    integer") and the Recovery service crashes the worker (seen in test_faults, exactly_once,
+    after a broker restart). None means nothing is known of the partition, as faust's -1 does:
+    both read from the start. The recovery the rebalance started seeks them again properly.
+    """
+    new_offsets = {}
+    for tp in tps:
+        offset = offsets[tp]
+        new_offsets[tp] = 0 if offset is None or offset == -1 else offset
+    await consumer.seek_wait(new_offsets)
+
+
 def apply() -> bool:
     """Patch faust's ``Recovery`` class in place; idempotent. Returns True if patched.
 
@@ -178,6 +196,7 @@ def apply() -> bool:
         return True
     Recovery.on_recovery_completed = _on_recovery_completed  # type: ignore[method-assign]
     Recovery._resume_streams = _resume_streams  # type: ignore[method-assign]
+    Recovery._seek_offsets = _seek_offsets  # type: ignore[method-assign]
     AIOKafkaConsumerThread.getmany = _snapshot_getmany(  # type: ignore[method-assign]
         AIOKafkaConsumerThread.getmany
     )

@@ -110,6 +110,7 @@ def test_a_broker_down_for_good_fails_the_creation_in_the_end(
 
 
 def test_apply_patches_faust_once() -> None:
+    from faust.tables.recovery import Recovery
     from faust.transport.consumer import Consumer
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Transport
 
@@ -120,6 +121,7 @@ def test_apply_patches_faust_once() -> None:
         "Transport._really_create_topic"  # faust's own, wrapped once
     )
     assert AIOKafkaConsumerThread._highwaters is faust_patches._highwaters
+    assert Recovery._seek_offsets is faust_patches._seek_offsets
     assert Consumer.on_partitions_revoked is faust_patches._on_partitions_revoked
     assert Consumer.commit_and_end_transactions is faust_patches._commit_and_end_transactions
     assert Consumer.wait_empty is faust_patches._bounded_wait_empty
@@ -127,6 +129,23 @@ def test_apply_patches_faust_once() -> None:
     ours = "_flushing_exclusive_commit.<locals>.force_commit"
     assert Consumer.force_commit.__qualname__ == ours
     assert Consumer.force_commit.__wrapped__.__qualname__ != ours  # not wrapped twice
+
+
+def test_a_standby_partition_added_mid_recovery_is_read_from_the_start() -> None:
+    """The gen-4 assignment added standby 3 (offset None) while gen 3's recovery still ran."""
+    from collections import Counter
+
+    seeks: list[dict[str, int]] = []
+
+    class Consumer:
+        async def seek_wait(self, offsets: dict[str, int]) -> None:
+            seeks.append(offsets)
+
+    offsets: Counter[str] = Counter({"changelog-1": 41, "changelog-2": -1})
+    offsets["changelog-3"] = None  # type: ignore[assignment]  # as faust's Recovery._add does
+    tps = {"changelog-1", "changelog-2", "changelog-3"}
+    asyncio.run(faust_patches._seek_offsets(None, Consumer(), tps, offsets, "standby"))
+    assert seeks == [{"changelog-1": 41, "changelog-2": 0, "changelog-3": 0}]
 
 
 # --- take_batches: the agent's records in batches, without faust's per-event iterator
