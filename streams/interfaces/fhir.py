@@ -8,6 +8,7 @@ not value sets or invariants). The mapping rules are in docs/integration.md, "Wh
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Collection, Mapping
 from functools import cache
 from typing import Any
@@ -559,8 +560,12 @@ def _overdue_task(esc: Mapping[str, Any], patient: dict[str, Any]) -> dict[str, 
 
 
 def _put(resource: dict[str, Any]) -> dict[str, Any]:
+    """A PUT entry. FHIR wants a fullUrl on every entry with a resource (HAPI's validator: "Bundle
+    entry missing fullUrl"); stepcare does not know the server's base, so it is a urn:uuid, the
+    same for the same resource in every Bundle (version 5, from the placeholder namespace)."""
     url = f"{resource['resourceType']}/{resource['id']}"
-    return {"resource": resource, "request": {"method": "PUT", "url": url}}
+    full_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{BASE_URL}/{url}')}"
+    return {"fullUrl": full_url, "resource": resource, "request": {"method": "PUT", "url": url}}
 
 
 def _status_patch(resource_type: str, resource_id: str, status: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import copy
 import io
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +317,9 @@ def test_every_bundle_is_a_valid_r4_transaction_of_idempotent_entries() -> None:
             resource, request = entry["resource"], entry["request"]
             if request["method"] == "PUT":
                 assert request["url"] == f"{resource['resourceType']}/{resource['id']}"
+                # a fullUrl on every PUT (HAPI's validator errs without): the same in every Bundle
+                name = f"{fhir.BASE_URL}/{request['url']}"
+                assert entry["fullUrl"] == f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, name)}"
                 assert resource["id"].endswith(escalation["escalation_id"])
             else:
                 assert request["method"] == "PATCH" and resource["resourceType"] == "Parameters"
