@@ -15,9 +15,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-jars: venv  ## the broker jars of every supported Kafka line and the schema registry (no download once cached)
+jars: venv  ## the broker jars of every supported Kafka line, the schema registry and HAPI FHIR's validator (no download once cached)
 	$(BIN)/stepcare broker fetch --all
 	$(BIN)/stepcare registry fetch
+	$(BIN)/stepcare fhir-validator fetch
 
 lint: venv
 	$(BIN)/ruff check .

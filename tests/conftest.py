@@ -10,6 +10,9 @@ Registry, ``streams.devtools.registry``), started once per session on a free loo
 only if a test asks for it. Set ``STEPCARE_TEST_REGISTRY_URL`` (e.g.
 ``http://127.0.0.1:8081/apis/ccompat/v7``) to use one you started yourself.
 
+``fhir_validator`` is HAPI FHIR's validator (``streams.devtools.fhir_validator``), fetched and
+compiled once; the warnings it gives in the session are listed in the terminal summary.
+
 Brokers and the registry are stopped in the session teardown, which also runs when the run is
 interrupted (Ctrl-C, or SIGTERM, turned into KeyboardInterrupt below); if the run is SIGKILLed,
 the kernel kills them with it (``die_with_parent``).
@@ -30,6 +33,7 @@ import pytest
 
 from streams.devtools.cluster import Cluster
 from streams.devtools.config import free_nodes
+from streams.devtools.fhir_validator import FhirValidator
 from streams.devtools.registry import Registry, free_port
 from streams.kafka.settings import KAFKA_VERSIONS, Settings
 
@@ -142,6 +146,30 @@ def _rss_mb(pid: int | None) -> str:
     return f"{kb / 1024:.0f} MB"
 
 
+SESSION_VALIDATOR: list[FhirValidator] = []
+
+
+@pytest.fixture(scope="session")
+def fhir_validator() -> FhirValidator:
+    """HAPI FHIR's validator: ``fhir_validator.validate([resource or path, ...])`` -> one
+    ``Result`` (``.errors``, ``.warnings``) per item. One JVM per call: pass many at once."""
+    validator = FhirValidator(Settings.from_env().cache_dir)
+    validator.prepare()
+    SESSION_VALIDATOR.append(validator)
+    return validator
+
+
+def _fhir_summary(terminalreporter: Any) -> None:
+    for validator in SESSION_VALIDATOR:
+        terminalreporter.section(f"FHIR validator (HAPI FHIR {validator.version})")
+        terminalreporter.write_line(
+            f"{validator.validated} resources validated in {validator.seconds:.1f} s (JVM); "
+            f"{len(validator.warnings)} distinct warnings"
+        )
+        for message, count in sorted(validator.warnings.items()):
+            terminalreporter.write_line(f"{count:4d} x {message}")
+
+
 @pytest.fixture
 def topic_name(request: pytest.FixtureRequest) -> str:
     """A topic name no other test uses (safe on a shared or reused broker)."""
@@ -161,6 +189,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    _fhir_summary(terminalreporter)
     if REGISTRY_LINES:
         terminalreporter.section("schema registry")
         for line in REGISTRY_LINES:

@@ -89,6 +89,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "streams.cli.schemas",
         "stepcare's schemas in a schema registry: register, check a candidate .avsc, list",
     ),
+    "fhir-validator": (
+        "streams.cli.fhir_validator",
+        "HAPI FHIR's validator (dev, tests): fetch it, check FHIR R4 JSON files with it",
+    ),
 }
 
 
