@@ -213,17 +213,21 @@ class FhirValidator:
         """One :class:`Result` per item, in order: a resource (a dict) or a JSON file's path.
 
         ``support``: conformance resources the validator may resolve (Questionnaire, CodeSystem,
-        ValueSet, StructureDefinition); by default stepcare's FACT-L Questionnaire, so that a
-        QuestionnaireResponse is checked against it. ``record``: add the warnings to
-        :attr:`warnings` (not for resources broken on purpose; :meth:`record` them one by one)."""
-        from streams.interfaces.fhir import fact_l_questionnaire
+        ValueSet, StructureDefinition); by default stepcare's FACT-L Questionnaire and its
+        CodeSystem of escalation kinds, so that a QuestionnaireResponse is checked against the
+        Questionnaire and the kinds' codes and displays against the CodeSystem. ``record``: add
+        the warnings to :attr:`warnings` (not for resources broken on purpose; :meth:`record`
+        the others)."""
+        from streams.interfaces.fhir import escalation_kind_code_system, fact_l_questionnaire
 
         classes = compile_validator(self.cache_dir, self.version)
         libs = home(self.cache_dir.resolve(), self.version) / "libs"
         items = list(items)
         if not items:
             return []
-        supports = [fact_l_questionnaire()] if support is None else list(support)
+        if support is None:
+            support = [fact_l_questionnaire(), escalation_kind_code_system()]
+        supports = list(support)
         with tempfile.TemporaryDirectory(prefix="stepcare-fhir-") as tmp:
             files, sources = [], []
             for n, item in enumerate([*supports, *items]):

@@ -25,6 +25,8 @@ __all__ = [
     "ESCALATION_KIND_SYSTEM",
     "QUESTIONNAIRE_URL",
     "AdapterError",
+    "code_system_json",
+    "escalation_kind_code_system",
     "escalation_to_bundle",
     "fact_l_questionnaire",
     "questionnaire_json",
@@ -114,6 +116,31 @@ def fact_l_questionnaire() -> dict[str, Any]:
 def questionnaire_json() -> bytes:
     """The Questionnaire as the file ``resources/fhir/fact-l-questionnaire.json`` holds it."""
     return orjson.dumps(fact_l_questionnaire(), option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def escalation_kind_code_system() -> dict[str, Any]:
+    """The CodeSystem of the escalation kinds (ServiceRequest.reasonCode, Task.code/reasonCode),
+    for a FHIR server or a validator to check stepcare's codes against."""
+    return {
+        "resourceType": "CodeSystem",
+        "id": "escalation-kind",
+        "url": ESCALATION_KIND_SYSTEM,
+        "version": "1",
+        "name": "StepcareEscalationKind",
+        "title": "stepcare escalation kinds",
+        "status": "active",
+        "publisher": "stepcare",
+        "description": "Why stepcare asks for a palliative-care visit, or for a worklist task.",
+        "caseSensitive": True,
+        "content": "complete",
+        "count": len(KIND_DISPLAY),
+        "concept": [{"code": str(kind), "display": text} for kind, text in KIND_DISPLAY.items()],
+    }
+
+
+def code_system_json() -> bytes:
+    """The CodeSystem as ``resources/fhir/escalation-kind-codesystem.json`` holds it."""
+    return orjson.dumps(escalation_kind_code_system(), option=orjson.OPT_INDENT_2) + b"\n"
 
 
 # -- validation with fhir.resources -------------------------------------------------------------

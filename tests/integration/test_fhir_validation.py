@@ -1,12 +1,12 @@
 """What stepcare emits as FHIR, checked by the standard's validator (HAPI FHIR), not only by ours.
 
 One JVM run validates the whole batch: the FACT-L Questionnaire (`stepcare bridge questionnaire`
-and the shipped file), the transaction Bundle of every escalation of the example log (`stepcare
-bridge fhir-export`: every kind, a step-up that revokes the request it replaces, a cancellation,
-the overdue Tasks), a Bundle whose patient is a logical reference, every FHIR example under
-examples/ and the QuestionnaireResponses stepcare's tests accept. Each must have no error at
-all; the warnings that remain are listed in the terminal summary (docs/integration.md says why
-they are acceptable).
+and the shipped file), the CodeSystem of escalation kinds, the transaction Bundle of every
+escalation of the example log (`stepcare bridge fhir-export`: every kind, a step-up that revokes
+the request it replaces, a cancellation, the overdue Tasks), a Bundle whose patient is a logical
+reference, every FHIR example under examples/ and the QuestionnaireResponses stepcare's tests
+accept. Each must have no error at all; the warnings that remain are listed in the terminal
+summary (docs/integration.md says why they are acceptable).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from streams.interfaces import fhir
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_ESCALATIONS = REPO / "examples" / "three-patients.escalations.jsonl"
 QUESTIONNAIRE_FILE = REPO / "resources" / "fhir" / "fact-l-questionnaire.json"
+CODE_SYSTEM_FILE = REPO / "resources" / "fhir" / "escalation-kind-codesystem.json"
 # QuestionnaireResponses that stepcare turns into events (the others there are refused on purpose)
 ACCEPTED_RESPONSES = ("qr-complete.json", "qr-partial.json")
 
@@ -89,6 +90,7 @@ def validated(
     items: dict[str, Any] = {
         "questionnaire: stepcare bridge questionnaire": questionnaire,
         "questionnaire: resources/fhir/fact-l-questionnaire.json": QUESTIONNAIRE_FILE,
+        "code system: resources/fhir/escalation-kind-codesystem.json": CODE_SYSTEM_FILE,
         **{
             f"bundle: {e['kind']} {e['escalation_id']}": bundle
             for e, bundle in zip(escalations, exported, strict=True)
@@ -103,10 +105,11 @@ def validated(
     return results
 
 
-def test_the_questionnaire_is_valid_r4(validated: dict[str, Result]) -> None:
-    assert errors(validated, "questionnaire:") == {
+def test_the_questionnaire_and_the_code_system_are_valid_r4(validated: dict[str, Result]) -> None:
+    assert errors(validated, "questionnaire:") | errors(validated, "code system:") == {
         "questionnaire: stepcare bridge questionnaire": [],
         "questionnaire: resources/fhir/fact-l-questionnaire.json": [],
+        "code system: resources/fhir/escalation-kind-codesystem.json": [],
     }
 
 

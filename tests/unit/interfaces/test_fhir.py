@@ -75,6 +75,16 @@ def test_the_shipped_questionnaire_is_the_generated_one_and_valid_r4() -> None:
     assert resource["status"] == "active"
 
 
+def test_the_shipped_code_system_is_the_generated_one_with_every_kind() -> None:
+    code_system = REPO / "resources" / "fhir" / "escalation-kind-codesystem.json"
+    assert code_system.read_bytes() == fhir.code_system_json()
+    resource = json.loads(code_system.read_text())
+    assert resource["url"] == fhir.ESCALATION_KIND_SYSTEM
+    assert {c["code"]: c["display"] for c in resource["concept"]} == {
+        str(kind): fhir.KIND_DISPLAY[kind] for kind in Kind
+    }
+
+
 def test_the_questionnaire_has_every_item_code_and_no_item_text() -> None:
     resource = json.loads(QUESTIONNAIRE_FILE.read_text())
     items = resource["item"]
