@@ -38,7 +38,9 @@ _ARTIFACTS = (
     ("ca.uhn.hapi.fhir", "hapi-fhir-caching-caffeine", HAPI_VERSION),  # the support chain's cache
     ("org.slf4j", "slf4j-nop", "2.0.16"),  # quiet: no "No SLF4J providers" lines on stderr
 )
-SOURCE = Path(__file__).resolve().parents[2] / "tools" / "fhir-validator" / "Validate.java"
+_REPO = Path(__file__).resolve().parents[2]
+SOURCE = _REPO / "tools" / "fhir-validator" / "Validate.java"
+RESOURCES = _REPO / "resources" / "fhir"  # what sites load: checked against by default
 ERROR_SEVERITIES = frozenset({"error", "fatal"})
 TIMEOUT_S = 900
 
@@ -213,21 +215,18 @@ class FhirValidator:
         """One :class:`Result` per item, in order: a resource (a dict) or a JSON file's path.
 
         ``support``: conformance resources the validator may resolve (Questionnaire, CodeSystem,
-        ValueSet, StructureDefinition); by default stepcare's FACT-L Questionnaire and its
-        CodeSystem of escalation kinds, so that a QuestionnaireResponse is checked against the
-        Questionnaire and the kinds' codes and displays against the CodeSystem. ``record``: add
+        ValueSet, StructureDefinition); by default the files of ``resources/fhir`` (stepcare's
+        FACT-L Questionnaire and its CodeSystem of escalation kinds), so that a
+        QuestionnaireResponse is checked against the Questionnaire and the kinds' codes and
+        displays against the CodeSystem. ``record``: add
         the warnings to :attr:`warnings` (not for resources broken on purpose; :meth:`record`
         the others)."""
-        from streams.interfaces.fhir import escalation_kind_code_system, fact_l_questionnaire
-
         classes = compile_validator(self.cache_dir, self.version)
         libs = home(self.cache_dir.resolve(), self.version) / "libs"
         items = list(items)
         if not items:
             return []
-        if support is None:
-            support = [fact_l_questionnaire(), escalation_kind_code_system()]
-        supports = list(support)
+        supports = sorted(RESOURCES.glob("*.json")) if support is None else list(support)
         with tempfile.TemporaryDirectory(prefix="stepcare-fhir-") as tmp:
             files, sources = [], []
             for n, item in enumerate([*supports, *items]):
