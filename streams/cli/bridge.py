@@ -196,6 +196,13 @@ def _fhir_options(parser: argparse.ArgumentParser) -> None:
         "radiotherapy; ATC L01 and L02 medication codes always count)",
     )
 
+    parser.add_argument(
+        "--patient-identifier-system",
+        default="",
+        help="name a Patient resource (its death) by its identifier of this system (e.g. the "
+        "MRN's, urn:oid:...) instead of by its id",
+    )
+
 
 def _fhir_feed(args: argparse.Namespace, settings: Settings) -> FhirFeed:
     """The FhirFeed of the options (a usage error names a bad one) and settings."""
@@ -230,6 +237,7 @@ def _fhir_feed(args: argparse.Namespace, settings: Settings) -> FhirFeed:
         palliative_codes=codings(args.palliative_code, "--palliative-code",
                                  DEFAULT_PALLIATIVE_CODES),
         treatment_codes=codings(args.treatment_code, "--treatment-code", DEFAULT_TREATMENT_CODES),
+        patient_identifier_system=args.patient_identifier_system,
     )  # fmt: skip
 
 

@@ -80,6 +80,9 @@ class FhirFeed:
     questionnaires: tuple[str, ...] = (QUESTIONNAIRE_URL,)
     palliative_codes: frozenset[tuple[str, str]] = field(default=DEFAULT_PALLIATIVE_CODES)
     treatment_codes: frozenset[tuple[str, str]] = field(default=DEFAULT_TREATMENT_CODES)
+    # A Patient resource is named by its identifier of this system (e.g. the MRN's, so that it
+    # names the patient as the ADT feed and identifier references do); by default by its id.
+    patient_identifier_system: str = ""
 
 
 def parse_coding(text: str) -> tuple[str, str]:
@@ -150,7 +153,7 @@ def _event(
 ) -> dict[str, Any]:
     resource_type = resource["resourceType"]
     if resource_type == "Patient":
-        patient_id = _patient_itself(resource["id"], pseudonymizer, feed.fhir_base)
+        patient_id = _patient_itself(resource, pseudonymizer, feed)
     else:
         patient_id = _patient(patient, _SUBJECT_FIELD[resource_type], pseudonymizer, feed)
     # The transition of one resource is one event, whatever the resource's version: a later
@@ -177,7 +180,7 @@ def _event(
 
 def _episode_of_care(resource: Mapping[str, Any], feed: FhirFeed) -> _Found | Ignored:
     status = _code(resource.get("status"))
-    if not _has_coding(resource.get("type"), feed.palliative_codes):
+    if not any(_has_coding(c, feed.palliative_codes) for c in _list(resource.get("type"))):
         return Ignored("fhir-not-palliative", "EpisodeOfCare of another program")
     period = _mapping(resource.get("period"))
     if status == "active":
@@ -373,11 +376,30 @@ def _patient(reference: Any, label: str, pseudonymizer: Pseudonymizer, feed: Fhi
         raise AdapterError("fhir-bad-subject", f"{label}: {exc}") from None
 
 
-def _patient_itself(resource_id: str, pseudonymizer: Pseudonymizer, fhir_base: str) -> str:
-    """A Patient resource's own id, as a reference ``Patient/<id>`` to it would name it."""
-    base = fhir_base.rstrip("/")
-    system = f"{base}/Patient" if base else "Patient"
+def _patient_itself(
+    resource: Mapping[str, Any], pseudonymizer: Pseudonymizer, feed: FhirFeed
+) -> str:
+    """A Patient resource's pseudonymous id: of its identifier of
+    ``feed.patient_identifier_system`` when that is set, else of its own id, as a reference
+    ``Patient/<id>`` to it would name it."""
+    wanted = feed.patient_identifier_system
+    if wanted:
+        values = [
+            i.get("value")
+            for i in map(_mapping, _list(resource.get("identifier")))
+            if i.get("system") == wanted
+        ]
+        value = values[0] if values else None
+        if not isinstance(value, str) or not value:
+            raise AdapterError(
+                "fhir-bad-subject", "Patient.identifier has no value of the configured system"
+            )
+        system, label = wanted, "Patient.identifier"
+    else:
+        base = feed.fhir_base.rstrip("/")
+        system = f"{base}/Patient" if base else "Patient"
+        value, label = resource["id"], "Patient.id"
     try:
-        return pseudonymizer.patient_id(system, resource_id)
+        return pseudonymizer.patient_id(system, value)
     except PseudonymError as exc:
-        raise AdapterError("fhir-bad-subject", f"Patient.id: {exc}") from None
+        raise AdapterError("fhir-bad-subject", f"{label}: {exc}") from None
