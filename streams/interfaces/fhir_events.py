@@ -125,7 +125,7 @@ def resource_to_event(
         if mapper is None:
             raise AdapterError(
                 "fhir-wrong-resource-type",
-                "resourceType is not one of " + ", ".join(SUPPORTED),
+                f"resourceType is not {', '.join(SUPPORTED[:-1])} or {SUPPORTED[-1]}",
             )
         validate_resource(resource)
         if not isinstance(resource.get("id"), str) or not resource["id"]:

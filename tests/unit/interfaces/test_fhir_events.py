@@ -276,10 +276,11 @@ def _period(name: str, **period: Any) -> dict[str, Any]:
     return _edit(name, period=period)
 
 
+WRONG_TYPE = "resourceType is not QuestionnaireResponse, EpisodeOfCare, Encounter, Patient"
 REFUSED = [
     ({"resourceType": "Observation", "id": "x", "status": "final",
-      "code": {"text": "x"}}, "fhir-wrong-resource-type", "resourceType is not one of"),
-    ({"id": "x"}, "fhir-wrong-resource-type", "resourceType is not one of"),
+      "code": {"text": "x"}}, "fhir-wrong-resource-type", WRONG_TYPE),
+    ({"id": "x"}, "fhir-wrong-resource-type", WRONG_TYPE),
     (_edit("episode-of-care-active.json", id=None), "fhir-missing-id", "EpisodeOfCare has no id"),
     (_edit("episode-of-care-active.json", patient=None), "fhir-invalid", "patient"),
     (_edit("encounter-palliative-visit.json", subject=None), "fhir-missing-subject",
