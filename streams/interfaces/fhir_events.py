@@ -66,6 +66,35 @@ _PREFIX = {
     "CarePlan": "fhir-cp-",
 }
 _MAX_ITEMS = 1000  # codings, categories ... looked at in one resource
+# The codes of the required value sets read here (R4): any other value is refused, so that no
+# free text of a resource ever reaches an Ignored detail (a log line) or an event.
+_STATUSES = {
+    "EpisodeOfCare": frozenset(
+        {"planned", "waitlist", "active", "onhold", "finished", "cancelled", "entered-in-error"}
+    ),
+    "Encounter": frozenset(
+        {"planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
+         "entered-in-error", "unknown"}
+    ),
+    "MedicationRequest": frozenset(
+        {"active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped", "draft",
+         "unknown"}
+    ),
+    "CarePlan": frozenset(
+        {"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}
+    ),
+}  # fmt: skip
+_INTENTS = {
+    "MedicationRequest": frozenset(
+        {"proposal", "plan", "order", "original-order", "reflex-order", "filler-order",
+         "instance-order", "option"}
+    ),
+    "CarePlan": frozenset({"proposal", "plan", "order", "option"}),
+}  # fmt: skip
+# v3 ActEncounterCode: the Encounter classes an event's attributes may name.
+_ENCOUNTER_CLASSES = frozenset(
+    {"AMB", "EMER", "FLD", "HH", "IMP", "ACUTE", "NONAC", "OBSENC", "PRENC", "SS", "VR"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +208,7 @@ def _event(
 
 
 def _episode_of_care(resource: Mapping[str, Any], feed: FhirFeed) -> _Found | Ignored:
-    status = _code(resource.get("status"))
+    status = _coded(resource, "status", _STATUSES)
     if not any(_has_coding(c, feed.palliative_codes) for c in _list(resource.get("type"))):
         return Ignored("fhir-not-palliative", "EpisodeOfCare of another program")
     period = _mapping(resource.get("period"))
@@ -193,11 +222,11 @@ def _episode_of_care(resource: Mapping[str, Any], feed: FhirFeed) -> _Found | Ig
             updated = _mapping(resource.get("meta")).get("lastUpdated")
             end = _time(updated, "EpisodeOfCare.period.end (or meta.lastUpdated)")
         return EventType.DISENROLLED, end, resource.get("patient"), {"fhir_status": status}
-    return Ignored("fhir-ignored-status", f"EpisodeOfCare status {status[:20]}")
+    return Ignored("fhir-ignored-status", f"EpisodeOfCare status {status}")
 
 
 def _encounter(resource: Mapping[str, Any], feed: FhirFeed) -> _Found | Ignored:
-    status = _code(resource.get("status"))
+    status = _coded(resource, "status", _STATUSES)
     klass = _mapping(resource.get("class"))
     code = klass.get("code") if klass.get("system") in (None, ACT_CODE) else None
     period = _mapping(resource.get("period"))
@@ -210,17 +239,17 @@ def _encounter(resource: Mapping[str, Any], feed: FhirFeed) -> _Found | Ignored:
         if status == "finished":
             end = _time(period.get("end"), "Encounter.period.end")
             return EventType.HOSPITAL_DISCHARGED, end, subject, attributes
-        return Ignored("fhir-ignored-status", f"inpatient Encounter status {status[:20]}")
+        return Ignored("fhir-ignored-status", f"inpatient Encounter status {status}")
     types = [*_list(resource.get("type")), resource.get("serviceType")]
     if not any(_has_coding(concept, feed.palliative_codes) for concept in types):
         return Ignored("fhir-not-an-event", "Encounter neither inpatient nor palliative care")
     if status != "finished":
-        return Ignored("fhir-ignored-status", f"palliative-care Encounter status {status[:20]}")
+        return Ignored("fhir-ignored-status", f"palliative-care Encounter status {status}")
     if period.get("end") is not None:
         end = _time(period.get("end"), "Encounter.period.end")
     else:
         end = _time(period.get("start"), "Encounter.period.end (or period.start)")
-    attributes = {"encounter_class": code} if isinstance(code, str) and code else {}
+    attributes = {"encounter_class": code} if code in _ENCOUNTER_CLASSES else {}
     return EventType.PALLIATIVE_VISIT_COMPLETED, end, subject, attributes
 
 
@@ -238,11 +267,12 @@ def _patient_resource(resource: Mapping[str, Any], feed: FhirFeed) -> _Found | I
 
 
 def _medication_request(resource: Mapping[str, Any], feed: FhirFeed) -> _Found | Ignored:
-    status, intent = _code(resource.get("status")), _code(resource.get("intent"))
+    status = _coded(resource, "status", _STATUSES)
+    intent = _coded(resource, "intent", _INTENTS)
     if status != "active":
-        return Ignored("fhir-ignored-status", f"MedicationRequest status {status[:20]}")
+        return Ignored("fhir-ignored-status", f"MedicationRequest status {status}")
     if intent not in ("order", "original-order"):
-        return Ignored("fhir-ignored-status", f"MedicationRequest intent {intent[:20]}")
+        return Ignored("fhir-ignored-status", f"MedicationRequest intent {intent}")
     medication = resource.get("medicationCodeableConcept")
     anticancer = _has_coding(medication, feed.treatment_codes) or _atc_anticancer(medication)
     anticancer = anticancer or any(
@@ -259,13 +289,14 @@ def _medication_request(resource: Mapping[str, Any], feed: FhirFeed) -> _Found |
 
 
 def _care_plan(resource: Mapping[str, Any], feed: FhirFeed) -> _Found | Ignored:
-    status, intent = _code(resource.get("status")), _code(resource.get("intent"))
+    status = _coded(resource, "status", _STATUSES)
+    intent = _coded(resource, "intent", _INTENTS)
     if not any(_has_coding(c, feed.treatment_codes) for c in _list(resource.get("category"))):
         return Ignored("fhir-not-an-event", "CarePlan not a cancer treatment plan")
     if status != "active":
-        return Ignored("fhir-ignored-status", f"CarePlan status {status[:20]}")
+        return Ignored("fhir-ignored-status", f"CarePlan status {status}")
     if intent not in ("plan", "order"):
-        return Ignored("fhir-ignored-status", f"CarePlan intent {intent[:20]}")
+        return Ignored("fhir-ignored-status", f"CarePlan intent {intent}")
     if resource.get("partOf"):
         return Ignored("fhir-not-a-new-treatment", "CarePlan with partOf")
     period = _mapping(resource.get("period"))
@@ -302,8 +333,12 @@ def _list(value: Any) -> list[Any]:
     return value[:_MAX_ITEMS] if isinstance(value, list) else []
 
 
-def _code(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+def _coded(resource: Mapping[str, Any], name: str, codes: Mapping[str, frozenset[str]]) -> str:
+    """A required code (status, intent) of its value set; ``fhir-invalid`` otherwise."""
+    resource_type, value = resource["resourceType"], resource.get(name)
+    if not isinstance(value, str) or value not in codes[resource_type]:
+        raise AdapterError("fhir-invalid", f"{name} is not one of the {resource_type}.{name} codes")
+    return value
 
 
 def _has_coding(concept: Any, codes: Collection[tuple[str, str]]) -> bool:

@@ -172,6 +172,13 @@ def test_a_visit_without_an_end_is_at_its_start(pz: Pseudonymizer) -> None:
     assert isinstance(event, dict) and event["occurred_at"] == "2024-03-20T14:00:00Z"
 
 
+def test_only_a_known_encounter_class_reaches_the_attributes(pz: Pseudonymizer) -> None:
+    resource = example("encounter-palliative-visit.json")
+    resource["class"] = {"system": "http://example.org/classes", "code": "MRN-900417"}
+    event = resource_to_event(resource, pz)
+    assert isinstance(event, dict) and event["attributes"] == {"fhir_resource": "Encounter"}
+
+
 def test_a_care_plan_without_a_period_starts_when_created(pz: Pseudonymizer) -> None:
     resource = example("care-plan-radiotherapy.json")
     del resource["period"]
@@ -312,6 +319,14 @@ REFUSED = [
     (_edit("care-plan-radiotherapy.json", period=None, created=None), "fhir-missing-time",
      "CarePlan.period.start (or created) is missing"),
     (_edit("encounter-palliative-visit.json", status=7), "fhir-invalid", "status"),
+    (_edit("episode-of-care-active.json", status="MRN-900417"), "fhir-invalid",
+     "status is not one of the EpisodeOfCare.status codes"),
+    (_edit("encounter-palliative-visit.json", status="done"), "fhir-invalid",
+     "status is not one of the Encounter.status codes"),
+    (_edit("medication-request-new-line.json", intent="MRN-900417"), "fhir-invalid",
+     "intent is not one of the MedicationRequest.intent codes"),
+    (_edit("care-plan-radiotherapy.json", status="ok"), "fhir-invalid",
+     "status is not one of the CarePlan.status codes"),
     (_edit("encounter-palliative-visit.json", period="2024"), "fhir-invalid", "period"),
     (_edit("care-plan-radiotherapy.json", category={"coding": []}), "fhir-invalid", "category"),
 ]  # fmt: skip
