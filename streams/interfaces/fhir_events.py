@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams.clinical.events import EventError, EventType, event_from_json
+from streams.interfaces import fhir
 from streams.interfaces.errors import AdapterError, Ignored
 from streams.interfaces.fhir import (
     _DATETIME,
@@ -22,7 +23,6 @@ from streams.interfaces.fhir import (
     PALLIATIVE_CARE,
     QUESTIONNAIRE_URL,
     SNOMED,
-    questionnaire_response_to_event,
     validate_resource,
 )
 from streams.interfaces.pseudonym import PseudonymError, Pseudonymizer
@@ -143,7 +143,7 @@ def resource_to_event(
     resource_type = resource.get("resourceType")
     try:
         if resource_type == "QuestionnaireResponse":
-            return questionnaire_response_to_event(
+            return fhir.questionnaire_response_to_event(
                 resource,
                 pseudonymizer,
                 fhir_base=feed.fhir_base,
