@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streams.errors import UsageError
 from streams.interfaces import convert, live
@@ -33,6 +33,7 @@ from streams.kafka.settings import Settings
 if TYPE_CHECKING:
     from datetime import tzinfo
 
+    from streams.interfaces.fhir_events import FhirFeed
     from streams.interfaces.pseudonym import Pseudonymizer
 
 
@@ -42,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     fhir_in = actions.add_parser(
         "fhir-import",
-        help="FHIR QuestionnaireResponses (dir, NDJSON, JSON or Bundle) -> PatientEvent JSONL",
+        help="FHIR resources (dir, NDJSON, JSON or Bundle) -> PatientEvent JSONL: "
+        "QuestionnaireResponse, EpisodeOfCare, Encounter, Patient, MedicationRequest, CarePlan",
     )
     fhir_in.add_argument("--input", required=True, help="directory, .ndjson or .json file")
     fhir_in.add_argument("--output", required=True, help="PatientEvent log (JSONL), or -")
@@ -53,6 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "references (Patient/123) are read as BASE/Patient/123",
     )
     fhir_in.add_argument("--source", default="fhir", help="the events' source (default fhir)")
+    _fhir_options(fhir_in)
     _common(fhir_in)
     fhir_in.set_defaults(action_handler=_fhir_import)
 
@@ -93,7 +96,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     live_in = actions.add_parser(
         "fhir-in",
-        help="live: FHIR QuestionnaireResponses from Kafka -> PatientEvents (until Ctrl-C)",
+        help="live: FHIR resources (as fhir-import) from Kafka -> PatientEvents (until Ctrl-C)",
     )
     _live(live_in, "fhir-in", FHIR_RESPONSES_TOPIC, "STEPCARE_INPUT_TOPIC",
           "STEPCARE_DEAD_LETTER_TOPIC")  # fmt: skip
@@ -101,6 +104,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--fhir-base", default="", help="base URL of the FHIR server (as for fhir-import)"
     )
     live_in.add_argument("--source", default="fhir", help="the events' source (default fhir)")
+    _fhir_options(live_in)
 
     live_hl7 = actions.add_parser(
         "hl7-in", help="live: HL7 v2 ADT messages from Kafka -> PatientEvents (until Ctrl-C)"
@@ -167,6 +171,76 @@ _SETTING_TOPICS = {
 }
 
 
+def _fhir_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a FHIR feed (fhir-import, fhir-in): streams.interfaces.fhir_events."""
+    parser.add_argument(
+        "--questionnaire-url",
+        action="append",
+        metavar="CANONICAL",
+        help="a FACT-L Questionnaire canonical a response may name (URL or URL|VERSION; "
+        "repeatable; default: STEPCARE_FHIR_QUESTIONNAIRE_URLS)",
+    )
+    parser.add_argument(
+        "--palliative-code",
+        action="append",
+        metavar="SYSTEM|CODE",
+        help="a coding of the palliative-care program (EpisodeOfCare.type) and visits "
+        "(Encounter.type, serviceType); repeatable (default: http://snomed.info/sct|103735009)",
+    )
+    parser.add_argument(
+        "--treatment-code",
+        action="append",
+        metavar="SYSTEM|CODE",
+        help="a coding that marks a cancer treatment (MedicationRequest and CarePlan category, "
+        "medication code); repeatable (default: SNOMED CT 367336001 chemotherapy, 108290001 "
+        "radiotherapy; ATC L01 and L02 medication codes always count)",
+    )
+
+    parser.add_argument(
+        "--patient-identifier-system",
+        default="",
+        help="name a Patient resource (its death) by its identifier of this system (e.g. the "
+        "MRN's, urn:oid:...) instead of by its id",
+    )
+
+
+def _fhir_feed(args: argparse.Namespace, settings: Settings) -> FhirFeed:
+    """The FhirFeed of the options (a usage error names a bad one) and settings."""
+    from streams.interfaces.fhir_events import (
+        DEFAULT_PALLIATIVE_CODES,
+        DEFAULT_TREATMENT_CODES,
+        FhirFeed,
+        parse_coding,
+    )
+    from streams.kafka.settings import SettingsError, env_name, questionnaire_canonicals
+
+    try:
+        if args.questionnaire_url:
+            urls = questionnaire_canonicals(",".join(args.questionnaire_url), "--questionnaire-url")
+        else:
+            urls = questionnaire_canonicals(
+                settings.fhir_questionnaire_urls, env_name("fhir_questionnaire_urls")
+            )
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
+
+    def codings(given: list[str] | None, option: str, default: frozenset[tuple[str, str]]) -> Any:
+        try:
+            return frozenset(parse_coding(text) for text in given) if given else default
+        except ValueError as exc:
+            raise UsageError(f"{option}: {exc}") from None
+
+    return FhirFeed(
+        fhir_base=args.fhir_base,
+        source=args.source,
+        questionnaires=urls,
+        palliative_codes=codings(args.palliative_code, "--palliative-code",
+                                 DEFAULT_PALLIATIVE_CODES),
+        treatment_codes=codings(args.treatment_code, "--treatment-code", DEFAULT_TREATMENT_CODES),
+        patient_identifier_system=args.patient_identifier_system,
+    )  # fmt: skip
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rejects", help="also write rejects here as JSONL")
     parser.add_argument("--strict", action="store_true", help="exit 2 on the first reject")
@@ -175,24 +249,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "live", None):
         return _run_live(args, settings)
-    return int(args.action_handler(args))
+    return int(args.action_handler(args, settings))
 
 
 # -- the offline converters ----------------------------------------------------------------------
 
 
-def _fhir_import(args: argparse.Namespace) -> int:
-    convert.fhir_import(
-        _files(args),
-        _pseudonymizer(),
-        fhir_base=args.fhir_base,
-        source=args.source,
-        strict=args.strict,
-    )
+def _fhir_import(args: argparse.Namespace, settings: Settings) -> int:
+    feed = _fhir_feed(args, settings)
+    convert.fhir_import(_files(args), _pseudonymizer(), strict=args.strict, feed=feed)
     return 0
 
 
-def _hl7_import(args: argparse.Namespace) -> int:
+def _hl7_import(args: argparse.Namespace, settings: Settings) -> int:
     pseudonymizer = _pseudonymizer()
     zone, classes = _hl7_options(args)
     convert.hl7_import(
@@ -207,12 +276,12 @@ def _hl7_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fhir_export(args: argparse.Namespace) -> int:
+def _fhir_export(args: argparse.Namespace, settings: Settings) -> int:
     convert.fhir_export(_files(args), strict=args.strict)
     return 0
 
 
-def _questionnaire(args: argparse.Namespace) -> int:
+def _questionnaire(args: argparse.Namespace, settings: Settings) -> int:
     convert.questionnaire(args.output)
     return 0
 
@@ -288,9 +357,8 @@ def _run_live(args: argparse.Namespace, settings: Settings) -> int:
                 partial(
                     live.fhir_in_record,
                     pseudonymizer=pseudonymizer,
-                    fhir_base=args.fhir_base,
-                    source=args.source,
                     event_value=framing.event_value,
+                    feed=_fhir_feed(args, settings),
                 )
             )
         else:

@@ -1,10 +1,11 @@
 """The offline converters of ``stepcare bridge``: files in, files out.
 
-:func:`fhir_import` (FHIR QuestionnaireResponses) and :func:`hl7_import` (HL7 v2 ADT messages)
-write a PatientEvent log (JSONL); :func:`fhir_export` writes an escalation log as FHIR
-transaction Bundles (NDJSON); :func:`questionnaire` writes the FACT-L Questionnaire. Refused
-input is reported on stderr (and to a rejects file) and skipped, or stops a strict run; a
-summary line ends each run. The formats: docs/integration.md, "Hospital interfaces".
+:func:`fhir_import` (FHIR QuestionnaireResponses and the resources of the other events) and
+:func:`hl7_import` (HL7 v2 ADT messages) write a PatientEvent log (JSONL); :func:`fhir_export`
+writes an escalation log as FHIR transaction Bundles (NDJSON); :func:`questionnaire` writes the
+FACT-L Questionnaire. Refused input is reported on stderr (and to a rejects file) and skipped,
+or stops a strict run; a summary line ends each run. The formats: docs/integration.md,
+"Hospital interfaces".
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from streams.errors import UsageError
 from streams.interfaces.errors import AdapterError, Ignored, Where, breakdown
 
 if TYPE_CHECKING:
+    from streams.interfaces.fhir_events import FhirFeed
     from streams.interfaces.pseudonym import Pseudonymizer
 
 
@@ -115,11 +117,15 @@ def fhir_import(
     fhir_base: str = "",
     source: str = "fhir",
     strict: bool = False,
+    feed: FhirFeed | None = None,
 ) -> None:
-    """FHIR QuestionnaireResponses (a directory, an NDJSON file, a JSON resource or Bundle) to a
-    PatientEvent log; ``fhir_base`` resolves relative subject references."""
-    from streams.interfaces import fhir
+    """FHIR resources (a directory, an NDJSON file, a JSON resource or Bundle) to a PatientEvent
+    log: QuestionnaireResponses, EpisodeOfCare, Encounter, Patient, MedicationRequest and
+    CarePlan (``streams.interfaces.fhir_events``); ``fhir_base`` resolves relative subject
+    references. ``feed``, when given, says all of that (its ``fhir_base`` and ``source`` win)."""
+    from streams.interfaces.fhir_events import FhirFeed, resource_to_event
 
+    feed = feed or FhirFeed(fhir_base=fhir_base, source=source)
     paths = _input_files(files, (".json", ".ndjson", ".jsonl"))
     with _Run("fhir-import", "resources", files, strict) as run:
         for where, item in _fhir_resources(paths):
@@ -128,13 +134,14 @@ def fhir_import(
                 run.reject(where, item.reason, item.detail)
                 continue
             try:
-                event = fhir.questionnaire_response_to_event(
-                    item, pseudonymizer, fhir_base=fhir_base, source=source
-                )
+                result = resource_to_event(item, pseudonymizer, feed)
             except AdapterError as exc:
                 run.reject(where, exc.reason, exc.detail)
                 continue
-            run.write(event)
+            if isinstance(result, Ignored):
+                run.ignore(result)
+            else:
+                run.write(result)
 
 
 def hl7_import(

@@ -321,14 +321,28 @@ def _authored(authored: Any) -> str:
         raise AdapterError("fhir-bad-authored", str(exc)) from None
 
 
+def questionnaire_accepted(canonical: str, allowed: Collection[str]) -> bool:
+    """Whether a response's ``questionnaire`` canonical is one of ``allowed``: an allowed
+    ``URL`` takes ``URL`` and ``URL|4`` (FACT-L version 4); an allowed ``URL|VERSION`` takes
+    ``URL|VERSION`` and ``URL`` (a response that names no version)."""
+    url, bar, version = canonical.partition("|")
+    for entry in allowed:
+        entry_url, entry_bar, entry_version = entry.partition("|")
+        if entry_url != url:
+            continue
+        if not bar or version == (entry_version if entry_bar else QUESTIONNAIRE_VERSION):
+            return True
+    return False
+
+
 def _check_questionnaire(canonical: Any, allowed: Collection[str]) -> None:
     if canonical is None:
         return
-    url, _, version = str(canonical).partition("|")
-    if url not in allowed or version not in ("", QUESTIONNAIRE_VERSION):
+    if not isinstance(canonical, str) or not questionnaire_accepted(canonical, allowed):
+        accepted = ", ".join(sorted(allowed))[:200]
         raise AdapterError(
             "fhir-unknown-questionnaire",
-            f"questionnaire {str(canonical)[:120]!r} is not FACT-L version 4 ({QUESTIONNAIRE_URL})",
+            f"questionnaire {str(canonical)[:120]!r} is not FACT-L version 4 ({accepted})",
         )
 
 

@@ -36,6 +36,8 @@ __all__ = [
 MALFORMED = "hl7-malformed"
 ADMIT_TRIGGERS = frozenset({"A01", "A04"})
 DISCHARGE_TRIGGERS = frozenset({"A03"})
+UPDATE_TRIGGERS = frozenset({"A08"})  # patient information update: a death, or ignored
+DEATH_WITHOUT_TIME = "hl7-death-without-time"
 EXPIRED_DISPOSITIONS: tuple[str, ...] = ("20", "40", "41", "42")
 MLLP_START, MLLP_END = "\x0b", "\x1c"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -332,9 +334,10 @@ def adt_to_event(
 ) -> dict[str, Any] | Ignored:
     """The PatientEvent (JSON rendering) of one ADT message, or :class:`Ignored`.
 
-    Raises :class:`AdapterError` (reason ``hl7-malformed``). ``Ignored`` reasons:
-    ``hl7-not-adt`` (another message type), ``hl7-ignored-trigger`` (an ADT event other than
-    A01, A03, A04), ``hl7-not-inpatient`` (an A03 of a patient class not in
+    Raises :class:`AdapterError` (reasons ``hl7-malformed``, ``hl7-death-without-time``: an A08
+    with PID-30 = Y and no PID-29). ``Ignored`` reasons: ``hl7-not-adt`` (another message
+    type), ``hl7-ignored-trigger`` (an ADT event other than A01, A03, A04, or an A08 that
+    reports no death), ``hl7-not-inpatient`` (an A03 of a patient class not in
     ``inpatient_classes``); the detail is the message type (``ADT^A08``).
     """
     local = zone(timezone)
@@ -355,6 +358,12 @@ def adt_to_event(
     name = f"{code}^{trigger}" if trigger else code
     if code != "ADT":
         return Ignored("hl7-not-adt", name[:20])
+    if trigger in UPDATE_TRIGGERS:
+        pids = msg.all("PID")
+        if len(pids) != 1 or msg.component_of(msg.raw(pids[0], 30), 1).upper() != "Y":
+            return Ignored("hl7-ignored-trigger", name[:20])  # an update, not a death
+        return _update_death(msg, msh, pids[0], name, trigger, pseudonymizer, local,
+                             identifier_type, authority_systems or {}, source)  # fmt: skip
     if trigger not in ADMIT_TRIGGERS | DISCHARGE_TRIGGERS:
         return Ignored("hl7-ignored-trigger", name[:20])
 
@@ -403,6 +412,47 @@ def adt_to_event(
         "type": str(event_type),
         "source": source,
         "attributes": attributes,
+    }
+    try:
+        event_from_json(event)
+    except EventError as exc:  # cannot happen for what is built above; never publish it
+        raise _malformed(str(exc)) from None
+    return event
+
+
+def _update_death(
+    msg: _Message,
+    msh: list[str],
+    pid: list[str],
+    name: str,
+    trigger: str,
+    pseudonymizer: Pseudonymizer,
+    local: tzinfo,
+    identifier_type: str | None,
+    authority_systems: Mapping[str, str],
+    source: str,
+) -> dict[str, Any]:
+    """The ``DECEASED`` event of an update (A08) whose PID-30 (death indicator) is ``Y``: at
+    PID-29 (death date/time), which it must carry: the update's own time is when the record was
+    changed, not when the patient died."""
+    control_id = msg.unescape(msg.raw(msh, 10))
+    if not control_id:
+        raise _malformed("MSH-10 (message control id) is empty")
+    died_at = _first_time(msg, [("PID-29", pid, 29)], local, required=False)
+    if died_at is None:
+        raise AdapterError(
+            DEATH_WITHOUT_TIME,
+            f"{name} with PID-30 (death indicator) Y and no PID-29 (death date/time)",
+        )
+    patient_id = _patient(msg, pid, pseudonymizer, identifier_type, authority_systems)
+    sender = f"{msg.raw(msh, 3)}|{msg.raw(msh, 4)}"
+    event = {
+        "event_id": "hl7-" + pseudonymizer.token("hl7", f"{sender}|{control_id}"),
+        "patient_id": patient_id,
+        "occurred_at": format_time(died_at),
+        "type": str(EventType.DECEASED),
+        "source": source,
+        "attributes": {"hl7_trigger": trigger},
     }
     try:
         event_from_json(event)

@@ -33,6 +33,7 @@ from streams.kafka.deadletter import DEAD_LETTER_MARGIN, dead_letter_record, err
 from streams.kafka.settings import Settings
 
 if TYPE_CHECKING:
+    from streams.interfaces.fhir_events import FhirFeed
     from streams.interfaces.pseudonym import Pseudonymizer
 
 # The live bridges' topics. Those the worker shares (its input, its dead letters, its
@@ -77,9 +78,13 @@ def fhir_in_record(
     fhir_base: str = "",
     source: str = "fhir",
     event_value: Callable[[dict[str, Any]], bytes] | None = None,
-) -> Output:
-    """The PatientEvent record of one QuestionnaireResponse record (``AdapterError`` if none)."""
-    from streams.interfaces import fhir
+    feed: FhirFeed | None = None,
+) -> Output | Ignored:
+    """The PatientEvent record of one FHIR resource record (a QuestionnaireResponse, or a
+    resource of ``streams.interfaces.fhir_events.SUPPORTED``), :class:`Ignored` for a valid
+    resource that is no event (``AdapterError`` if refused). ``feed``, when given, says how the
+    site's feed maps (its ``fhir_base`` and ``source`` win)."""
+    from streams.interfaces.fhir_events import FhirFeed, resource_to_event
 
     if not value:
         raise AdapterError("not-json", "the record has no value")
@@ -89,10 +94,12 @@ def fhir_in_record(
         raise AdapterError("not-json", f"{exc.msg} (column {exc.colno})") from None
     if not isinstance(resource, dict):
         raise AdapterError("fhir-invalid", "not a JSON object")
-    event = fhir.questionnaire_response_to_event(
-        resource, pseudonymizer, fhir_base=fhir_base, source=source
+    result = resource_to_event(
+        resource, pseudonymizer, feed or FhirFeed(fhir_base=fhir_base, source=source)
     )
-    return _event_output(event, event_value)
+    if isinstance(result, Ignored):
+        return result
+    return _event_output(result, event_value)
 
 
 def hl7_in_record(

@@ -49,6 +49,9 @@ _HOST = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 # The worker's table (streams.worker.states.TABLE): its changelog is "<app_id>-patients-changelog",
 # a name no configured topic may take.
 WORKER_TABLE = "patients"
+# stepcare's own FACT-L Questionnaire (streams.interfaces.fhir.QUESTIONNAIRE_URL).
+FACT_L_QUESTIONNAIRE_URL = "https://stepcare.example.org/fhir/Questionnaire/fact-l"
+_CANONICAL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s|,]+(\|[^\s|,]+)?")
 SECRET_FILE_LIMIT = 1 << 20  # bytes read at most from a password, key or certificate file
 
 
@@ -189,10 +192,18 @@ class Settings:
         "", "Client private key (PEM) for the registry, for mutual TLS."
     )
 
+    # -- hospital interfaces (stepcare bridge; streams.interfaces) ------------------------------
+    fhir_questionnaire_urls: str = _setting(
+        FACT_L_QUESTIONNAIRE_URL,
+        "FACT-L Questionnaire canonicals a QuestionnaireResponse may name (comma-separated, "
+        "each URL or URL|VERSION; bridge fhir-import and fhir-in, unless --questionnaire-url).",
+    )
+
     def __post_init__(self) -> None:
         _choice("clock", self.clock, ("wall", "event"))
         _choice("wire_format", self.wire_format, WIRE_FORMATS)
         _check_registry_url(self.schema_registry_url)
+        questionnaire_canonicals(self.fhir_questionnaire_urls, env_name("fhir_questionnaire_urls"))
         if self.wire_format == "registry" and not self.schema_registry_url:
             raise SettingsError(
                 f"{env_name('wire_format')}=registry needs {env_name('schema_registry_url')}"
@@ -416,6 +427,21 @@ def _check_host(host: str, *, brackets: bool = False) -> None:
         ipaddress.IPv4Address(host)
     elif not _HOST.fullmatch(host):
         raise ValueError(host)
+
+
+def questionnaire_canonicals(value: str, name: str) -> tuple[str, ...]:
+    """The canonicals of a comma-separated list (``URL`` or ``URL|VERSION`` each, an absolute
+    URI); a SettingsError names ``name`` (the variable or option) and the rule."""
+    entries = tuple(part.strip() for part in value.split(","))
+    if not any(entries) or not all(entries):
+        raise SettingsError(f"{name}: expected one or more canonical URLs, comma-separated")
+    for entry in entries:
+        if len(entry) > 1024 or not _CANONICAL.fullmatch(entry):
+            raise SettingsError(
+                f"{name}={entry[:80]!r}: expected an absolute URL, optionally |VERSION "
+                f"(e.g. {FACT_L_QUESTIONNAIRE_URL}|4)"
+            )
+    return entries
 
 
 def _check_name(field_name: str, value: str, limit: int) -> None:

@@ -372,14 +372,15 @@ def adapter_reasons() -> set[str]:
     """Every dead-letter reason the bridges can give, read from the code: the FHIR and HL7
     adapters' (``AdapterError("reason", ...)``, a refused status), the codec's, the bridge's."""
     from streams.formats.avro import Reason
-    from streams.interfaces import convert, fhir, hl7, live
+    from streams.interfaces import convert, fhir, fhir_events, hl7, live
 
     found: set[str] = set()
-    for module in (fhir, hl7, convert, live):
+    for module in (fhir, fhir_events, hl7, convert, live):
         text = Path(str(module.__file__)).read_text(encoding="utf-8")
         found |= set(re.findall(r'AdapterError\(\s*"([a-z0-9-]+)"', text))
     found |= {f"fhir-status-{status}" for status in fhir._STATUS_DETAIL}
-    found |= {hl7.MALFORMED, live.PROCESSING_ERROR, *typing.get_args(Reason)}
+    found |= {hl7.MALFORMED, hl7.DEATH_WITHOUT_TIME, live.PROCESSING_ERROR}
+    found |= set(typing.get_args(Reason))
     found.discard("hl7-config")  # a bad --timezone: a usage error, not a dead letter
     return found
 
@@ -400,7 +401,7 @@ def test_bridge_dead_letter_reasons_are_every_reason_the_adapters_give(
 
 def test_fhir_and_hl7_messages_say_their_content_type(doc: dict[str, Any]) -> None:
     messages = doc["components"]["messages"]
-    for name in ("FhirQuestionnaireResponse", "FhirBundle"):
+    for name in ("FhirQuestionnaireResponse", "FhirClinicalResource", "FhirBundle"):
         assert messages[name]["contentType"] == "application/fhir+json"
         payload = messages[name]["payload"]
         assert payload["type"] == "object" and payload["description"].strip()
@@ -421,6 +422,15 @@ def test_the_questionnaire_response_example_maps_to_a_survey(doc: dict[str, Any]
         event = fhir.questionnaire_response_to_event(example["payload"], Pseudonymizer(SECRET))
         assert event["type"] == "SURVEY_SUBMITTED"
         assert event["survey"]["responses"] == {"GP1": 1, "GP2": 0}
+
+
+def test_the_clinical_resource_example_maps_to_an_enrolment(doc: dict[str, Any]) -> None:
+    from streams.interfaces.fhir_events import resource_to_event
+    from streams.interfaces.pseudonym import Pseudonymizer
+
+    for example in doc["components"]["messages"]["FhirClinicalResource"]["examples"]:
+        event = resource_to_event(example["payload"], Pseudonymizer(SECRET))
+        assert isinstance(event, dict) and event["type"] == "ENROLLED"
 
 
 def test_the_adt_example_maps_to_a_discharge(doc: dict[str, Any]) -> None:
