@@ -1,7 +1,8 @@
 """Hospital interfaces: FHIR and HL7 v2 in as patient events, FHIR out; files, or live on Kafka.
 
 Offline: fhir-import, hl7-import (to a PatientEvent log), fhir-export (escalations to FHIR
-Bundles), questionnaire. Live, until SIGTERM or Ctrl-C: fhir-in, hl7-in, fhir-out. The -in
+Bundles), questionnaire. Live, until SIGTERM or Ctrl-C: fhir-in, hl7-in, fhir-out, and mllp-in
+(an MLLP listener: HL7 v2 ADT over TCP, ACK after Kafka's; streams/interfaces/mllp.py). The -in
 actions need the pseudonym secret (STEPCARE_PSEUDONYM_SECRET_FILE or STEPCARE_PSEUDONYM_SECRET).
 Refused input is reported and skipped (exit 0), or stops a --strict run (exit 2); a live bridge
 exits 1 if a record could not be delivered. See docs/integration.md, "Hospital interfaces".

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 START, END = b"\x0b", b"\x1c"
 NAME = "mllp-in"
 DEFAULT_PORT = 2575  # the IANA port of HL7 over MLLP
-MAX_MESSAGE_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 1 << 19  # 512 KiB: a refused one still fits whole in its dead letter
 MAX_CONNECTIONS = 16
 IDLE_TIMEOUT = 600.0  # seconds
 DELIVERY_TIMEOUT = 30.0  # seconds
@@ -183,6 +183,7 @@ class MllpBridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._polling = False
+        self.listening = False
 
     # -- one message ---------------------------------------------------------------------------
 
@@ -368,6 +369,7 @@ class MllpBridge:
                 raise StepcareError(
                     f"bridge {NAME}: cannot listen on {host}:{port}: {exc.strerror or exc}"
                 ) from None
+            self.listening = True
             bound = server.sockets[0].getsockname()
             self._say(
                 f"bridge {NAME}: listening on {bound[0]}:{bound[1]} -> {self.target} "
@@ -396,7 +398,8 @@ class MllpBridge:
             self._polling = False
             await asyncio.to_thread(poller.join)
             await asyncio.to_thread(self.producer.flush, self.limits.delivery_timeout)
-            self._say(self.summary())
+            if self.listening:
+                self._say(self.summary())
         if self.fatal is not None:
             self._say(f"stepcare: bridge {NAME}: fatal Kafka error: {self.fatal}")
             return 1

@@ -338,3 +338,17 @@ def test_stop_finishes_the_message_in_hand_then_exits_0(listener: Any) -> None:
         assert sock.recv(4096) == b"" and quiet.recv(4096) == b""
     server.thread.join(30)
     assert server.status == 0
+
+
+def test_a_port_in_use_is_one_line_and_no_summary() -> None:
+    from streams.errors import StepcareError
+
+    bridge, _ = new_bridge()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(StepcareError, match=f"cannot listen on 127.0.0.1:{port}: "):
+            asyncio.run(bridge.serve("127.0.0.1", port))
+    err = bridge.err
+    assert isinstance(err, io.StringIO) and err.getvalue() == ""
