@@ -283,7 +283,7 @@ class MllpBridge:
                     head = deframer.head()
                     ack = ack_message(head, "AR", timestamp_ms=self._now_ms(), text=why)
                     writer.write(frame(ack, encoding_of(head)))
-                    await writer.drain()
+                    await self._drain(writer)
                     self.closed["message too large"] += 1
                     return
                 if body is None:
@@ -307,7 +307,7 @@ class MllpBridge:
                 answer = await self.answer(body, f"connection {number} message {messages}")
                 ack = ack_message(body, answer.code, timestamp_ms=self._now_ms(), text=answer.text)
                 writer.write(frame(ack, encoding_of(body)))
-                await writer.drain()
+                await self._drain(writer)
                 connection.busy = False
         except (ConnectionError, OSError):
             self.closed["reset by the peer"] += 1
@@ -318,6 +318,14 @@ class MllpBridge:
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until the ACK is on its way; a sender that reads none for the idle timeout is
+        disconnected (ConnectionError), not waited for forever."""
+        try:
+            await asyncio.wait_for(writer.drain(), self.limits.idle_timeout)
+        except TimeoutError:
+            raise ConnectionError("the sender reads no ACKs") from None
 
     def _stopping(self) -> bool:
         return self._stop is not None and self._stop.is_set()
