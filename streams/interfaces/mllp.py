@@ -450,6 +450,7 @@ def run_mllp(
     admin, existing = existing_topics(connection)
     missing = sorted({n for n in (target, dead_letters) if n not in existing})
     create_topics(admin, settings, missing, keep=(target,))  # dead letters: default retention
+    del admin  # not kept open (nor logging librdkafka's lines) while the listener runs
     if missing:
         print(f"created topics {', '.join(missing)} ({settings.partitions} partitions)",
               file=sys.stderr, flush=True)  # fmt: skip

@@ -227,3 +227,37 @@ def test_kafka_unable_to_take_the_record_gets_ar_never_aa(
     assert bridge.stop() == 0
     assert re.search(r"0 written to \S+, 0 dead-lettered, 0 ignored, 1 refused \(AR\) \(1 ",
                      bridge.summary()), bridge.summary()  # fmt: skip
+
+
+def test_a_broker_that_went_away_gets_ar_and_the_listener_still_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    """Kafka unreachable: a broker of its own, stopped under the running listener."""
+    from streams.devtools.cluster import Cluster, broker_pids
+    from streams.devtools.config import free_nodes
+    from streams.kafka.settings import Settings
+
+    settings = Settings.from_env()
+    cluster = Cluster(tmp_path / "kafka", settings.kafka_version, free_nodes(1),
+                      cache_dir=settings.cache_dir, die_with_parent=True)  # fmt: skip
+    cluster.start()
+    try:
+        bridge = Listener(cluster.bootstrap_servers, tmp_path, "--delivery-timeout", "3")
+        try:
+            with bridge.client() as client:
+                assert msa(client.send_message(sample("adt-a01.hl7")))[0] == "AA"
+                cluster.stop()
+                message = sample("adt-a03.hl7")
+                assert msa(client.send_message(message))[:2] == ["AR", control_id(message)]
+            assert bridge.stop() == 0
+        finally:
+            if bridge.proc.poll() is None:
+                bridge.proc.kill()
+    finally:
+        cluster.stop()
+    assert broker_pids(cluster.run_dir) == []
+    # librdkafka's own lines (reconnects) stay quiet: only the listener's lines.
+    assert all(line.startswith(("bridge mllp-in: ", "created topics "))
+               for line in bridge.text().splitlines()), bridge.text()  # fmt: skip
+    assert re.search(r": 2 received, 1 written to \S+, 0 dead-lettered, 0 ignored, "
+                     r"1 refused \(AR\) \(1 [^)]+\), 1 connections in ", bridge.summary())  # fmt: skip
