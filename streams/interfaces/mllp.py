@@ -447,7 +447,8 @@ def run_mllp(
     from streams.kafka.topics import create_topics, existing_topics
 
     connection = connection_config(settings, bootstrap_servers)
-    admin, existing = existing_topics(connection)
+    logger = librdkafka_logger("bridge", settings.log_level)
+    admin, existing = existing_topics({**connection, "logger": logger})
     missing = sorted({n for n in (target, dead_letters) if n not in existing})
     create_topics(admin, settings, missing, keep=(target,))  # dead letters: default retention
     del admin  # not kept open (nor logging librdkafka's lines) while the listener runs
@@ -462,7 +463,7 @@ def run_mllp(
         # One record in flight per connection, its sender waiting for the ACK: lingering for a
         # batch would only delay each ACK (25 ms an ACK with stepcare publish's 20 ms).
         "linger.ms": 0,
-        "logger": librdkafka_logger("bridge", settings.log_level),
+        "logger": logger,
     }
     bridge = MllpBridge(
         convert, target=target, dead_letters=dead_letters, producer_config=producer,
