@@ -55,12 +55,16 @@ def control_id(message: str) -> str:
 class Listener:
     """``stepcare bridge mllp-in`` as a process; its stderr in a log file."""
 
-    def __init__(self, bootstrap: str, tmp_path: Path, *options: str) -> None:
+    def __init__(
+        self, bootstrap: str, tmp_path: Path, *options: str, env: dict[str, str] | None = None
+    ) -> None:
         suffix = uuid.uuid4().hex[:8]
         self.events, self.dead_letters = f"mllp-events-{suffix}", f"mllp-dlq-{suffix}"
         self.log = tmp_path / f"mllp-in-{suffix}.log"
+        extra = env or {}
         env = {k: v for k, v in os.environ.items() if k != SECRET_FILE_ENV}
         env |= {SECRET_ENV: SECRET.decode(), "PYTHONPATH": str(REPO), "STEPCARE_PARTITIONS": "3"}
+        env |= extra
         command = [sys.executable, "-m", "streams.cli", "bridge", "mllp-in", "--port", "0",
                    "--bootstrap-servers", bootstrap, "--to-topic", self.events,
                    "--dead-letter-topic", self.dead_letters, *options]  # fmt: skip
@@ -98,8 +102,8 @@ class Listener:
 def listener(kafka_bootstrap: str, tmp_path: Path) -> Any:
     started: list[Listener] = []
 
-    def start(*options: str) -> Listener:
-        started.append(Listener(kafka_bootstrap, tmp_path, *options))
+    def start(*options: str, env: dict[str, str] | None = None) -> Listener:
+        started.append(Listener(kafka_bootstrap, tmp_path, *options, env=env))
         return started[-1]
 
     yield start
@@ -261,3 +265,29 @@ def test_a_broker_that_went_away_gets_ar_and_the_listener_still_stops_cleanly(
                for line in bridge.text().splitlines()), bridge.text()  # fmt: skip
     expected = r": 2 received, 1 written to \S+, 0 dead-lettered, 0 ignored, 1 refused \(AR\) "
     assert re.search(expected + r"\(1 [^)]+\), 1 connections in ", bridge.summary())
+
+
+def test_in_a_registry_framed_deployment_the_events_are_registry_framed(
+    listener: Any, kafka_bootstrap: str, schema_registry_url: str
+) -> None:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from streams.formats.wire import registry_header
+    from streams.kafka.registry import reader_for
+    from streams.kafka.settings import Settings
+
+    env = {"STEPCARE_WIRE_FORMAT": "registry", "STEPCARE_SCHEMA_REGISTRY_URL": schema_registry_url}
+    bridge = listener(env=env)
+    messages = [sample(n) for n in VALID]
+    with bridge.client() as client:
+        assert [msa(client.send_message(m))[0] for m in messages] == ["AA"] * len(messages)
+        records = read_topic(kafka_bootstrap, bridge.events)
+    registry = SchemaRegistryClient({"url": schema_registry_url})
+    schema_id = registry.get_latest_version(f"{bridge.events}-value").schema_id
+    assert {r.value()[:5] for r in records} == {registry_header(schema_id)}
+    decode = reader_for(Settings(schema_registry_url=schema_registry_url)).decode_event
+    expected = [hl7.adt_to_event(m, hl7_pseudonymizer()) for m in messages]
+    assert sorted(canonical_json(decode(r.value())) for r in records) == sorted(
+        normal(e) for e in expected if isinstance(e, dict)
+    )
+    assert bridge.stop() == 0
