@@ -263,7 +263,7 @@ class MllpBridge:
         self.connections_seen += 1
         number = self.connections_seen
         if len(self.connections) >= self.limits.max_connections or self._stopping():
-            self.closed["over the connection limit"] += 1
+            self.closed["stopping" if self._stopping() else "over the connection limit"] += 1
             writer.close()
             return
         connection = _Connection(number, asyncio.current_task())
@@ -281,8 +281,7 @@ class MllpBridge:
                     self._say(f"bridge {NAME}: AR: message too large (connection {number}); "
                               "connection closed")  # fmt: skip
                     head = deframer.head()
-                    ack = ack_message(head, "AR", timestamp_ms=self._now_ms(), text=why)
-                    writer.write(frame(ack, encoding_of(head)))
+                    writer.write(self._ack(head, Answer("AR", why)))
                     await self._drain(writer)
                     self.closed["message too large"] += 1
                     return
@@ -305,19 +304,30 @@ class MllpBridge:
                 connection.busy = True
                 messages += 1
                 answer = await self.answer(body, f"connection {number} message {messages}")
-                ack = ack_message(body, answer.code, timestamp_ms=self._now_ms(), text=answer.text)
-                writer.write(frame(ack, encoding_of(body)))
+                writer.write(self._ack(body, answer))
                 await self._drain(writer)
                 connection.busy = False
         except (ConnectionError, OSError):
             self.closed["reset by the peer"] += 1
         except asyncio.CancelledError:
             pass  # stopping: this connection had no message in hand
+        except Exception as exc:  # a defect: one line (no content), the other connections go on
+            self.closed[f"error {type(exc).__name__}"] += 1
+            self._say(f"bridge {NAME}: connection {number} closed: {type(exc).__name__}")
         finally:
             self.connections.discard(connection)
             writer.close()
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
+
+    def _ack(self, message: bytes, answer: Answer) -> bytes:
+        """The framed ACK of ``message`` (an ACK without MSH-10 if even that cannot be read)."""
+        now = self._now_ms()
+        try:
+            text = ack_message(message, answer.code, timestamp_ms=now, text=answer.text)
+        except Exception:  # an MSH that passes the reader's checks and still breaks the ACK
+            text = ack_message(b"", answer.code, timestamp_ms=now, text=answer.text)
+        return frame(text, encoding_of(message))
 
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
         """Wait until the ACK is on its way; a sender that reads none for the idle timeout is

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import socket
 import threading
 from functools import partial
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.interfaces import hl7
 from streams.interfaces.live import hl7_in_record
-from streams.interfaces.mllp import Deframer, FrameTooLarge, Limits, MllpBridge, frame
+from streams.interfaces.mllp import Answer, Deframer, FrameTooLarge, Limits, MllpBridge, frame
 from streams.interfaces.pseudonym import Pseudonymizer
 from tests.unit.interfaces.test_fhir import SECRET
 
@@ -352,3 +355,24 @@ def test_a_port_in_use_is_one_line_and_no_summary() -> None:
             asyncio.run(bridge.serve("127.0.0.1", port))
     err = bridge.err
     assert isinstance(err, io.StringIO) and err.getvalue() == ""
+
+
+@given(st.binary(max_size=300))
+def test_every_message_gets_an_ack_frame_however_broken(tail: bytes) -> None:
+    bridge, _ = new_bridge()
+    for code in ("AA", "AE", "AR"):
+        ack = bridge._ack(b"MSH" + tail, Answer(code, "why"))
+        assert ack.startswith(b"\x0bMSH") and ack.endswith(b"\r\x1c\r")
+        assert ack.count(b"\x1c") == 1  # the message's own separators, or |^~\&
+        assert re.search(rb"\rMSA(.)" + code.encode() + rb"\1", ack, flags=re.DOTALL)
+
+
+def test_a_message_that_breaks_the_ack_builder_still_gets_its_ae(listener: Any) -> None:
+    server = listener()
+    with server.connect() as sock:
+        sock.sendall(b"\x0bMSH-----BEGIN CERTIFICATE-----\x1c\r")
+        assert msa(sock)[:3] == ["MSA", "AE", ""]
+        sock.sendall(b"\x0b" + body("adt-a01.hl7") + b"\x1c\r")
+        assert msa(sock)[1] == "AA"
+    assert server.stop() == 0
+    assert [topic for topic, _ in server.producer.records] == ["dlq", "events"]
