@@ -24,6 +24,7 @@ from typing import Any
 import hl7 as python_hl7
 import orjson
 import pytest
+import yaml
 from confluent_kafka.admin import AdminClient
 from hl7.client import MLLPClient
 
@@ -36,6 +37,7 @@ from streams.interfaces.pseudonym import SECRET_ENV, SECRET_FILE_ENV
 from tests.integration.test_bridges import HL7_DATA, cohort, normal
 from tests.integration.workers import REPO, read_topic
 from tests.unit.interfaces.test_fhir import SECRET, as_adt
+from tests.unit.kafka.test_asyncapi import DOC_PATH, header_validator
 
 WAIT = 30.0
 VALID = ["adt-a01.hl7", "adt-a04.hl7", "adt-a03.hl7", "adt-a03-evn6.hl7", "adt-a03-expired.hl7"]
@@ -186,6 +188,10 @@ def test_a_refused_message_gets_ae_after_its_dead_letter(
                       ("source.protocol", b"mllp")])
         for m, d in zip(messages, details, strict=True)
     )  # fmt: skip
+    contract = header_validator(yaml.safe_load(DOC_PATH.read_text()), "BridgeDeadLetterHeaders")
+    for record in dead:  # as docs/asyncapi.yaml describes a bridge's dead letter
+        assert record.key() is None
+        contract.validate({k: v.decode() for k, v in record.headers()})
     assert read_topic(kafka_bootstrap, bridge.events) == []
     assert bridge.stop() == 0
     assert "3 dead-lettered (3 hl7-malformed)" in bridge.summary()
