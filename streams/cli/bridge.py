@@ -1,7 +1,8 @@
 """Hospital interfaces: FHIR and HL7 v2 in as patient events, FHIR out; files, or live on Kafka.
 
 Offline: fhir-import, hl7-import (to a PatientEvent log), fhir-export (escalations to FHIR
-Bundles), questionnaire. Live, until SIGTERM or Ctrl-C: fhir-in, hl7-in, fhir-out. The -in
+Bundles), questionnaire. Live, until SIGTERM or Ctrl-C: fhir-in, hl7-in, fhir-out, and mllp-in
+(an MLLP listener: HL7 v2 ADT over TCP, ACK after Kafka's; streams/interfaces/mllp.py). The -in
 actions need the pseudonym secret (STEPCARE_PSEUDONYM_SECRET_FILE or STEPCARE_PSEUDONYM_SECRET).
 Refused input is reported and skipped (exit 0), or stops a --strict run (exit 2); a live bridge
 exits 1 if a record could not be delivered. See docs/integration.md, "Hospital interfaces".
@@ -122,6 +123,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--identifier-type", help="use the first PID-3 identifier of this type (CX-5, e.g. MR)"
     )
     live_hl7.add_argument("--source", default="adt", help="the events' source (default adt)")
+
+    _mllp(actions)
 
     live_out = actions.add_parser(
         "fhir-out", help="live: escalations from Kafka -> FHIR transaction Bundles (until Ctrl-C)"
@@ -247,6 +250,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "mllp", False):
+        return _run_mllp(args, settings)
     if getattr(args, "live", None):
         return _run_live(args, settings)
     return int(args.action_handler(args, settings))
@@ -385,3 +390,121 @@ def _run_live(args: argparse.Namespace, settings: Settings) -> int:
 def _values_only(convert_value: Callable[[bytes | None], Output | Ignored]) -> live.Converter:
     """An -in converter called as (value, headers): the headers are not read."""
     return lambda value, headers: convert_value(value)
+
+
+# -- HL7 v2 over MLLP ----------------------------------------------------------------------------
+
+
+def _mllp(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from streams.interfaces import mllp
+
+    parser = actions.add_parser(
+        "mllp-in",
+        help="live: an MLLP listener, HL7 v2 ADT over TCP -> PatientEvents, ACK after Kafka's",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1; any other is your choice: see the docs)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=mllp.DEFAULT_PORT, help="TCP port (default 2575; 0: any)"
+    )
+    parser.add_argument(
+        "--to-topic", help=f"topic to write (default: STEPCARE_INPUT_TOPIC, {PATIENT_EVENTS_TOPIC})"
+    )
+    parser.add_argument(
+        "--dead-letter-topic",
+        help=f"refused messages (default: STEPCARE_DEAD_LETTER_TOPIC, {PATIENT_EVENTS_DLQ_TOPIC})",
+    )
+    parser.add_argument(
+        "--bootstrap-servers", help="Kafka bootstrap servers (default: STEPCARE_BOOTSTRAP_SERVERS)"
+    )
+    parser.add_argument("--timezone", default="UTC", help="as for hl7-in (default UTC)")
+    parser.add_argument("--inpatient-classes", default="I", help="as for hl7-in (default I)")
+    parser.add_argument("--identifier-type", help="as for hl7-in (CX-5, e.g. MR)")
+    parser.add_argument("--source", default="adt", help="the events' source (default adt)")
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=mllp.MAX_MESSAGE_BYTES,
+        help=f"larger messages get AR and the connection closes (default {mllp.MAX_MESSAGE_BYTES})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=mllp.MAX_CONNECTIONS,
+        help=f"connections open at once; more are closed (default {mllp.MAX_CONNECTIONS})",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=mllp.IDLE_TIMEOUT,
+        help=f"close a connection quiet this many seconds (default {mllp.IDLE_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=mllp.DELIVERY_TIMEOUT,
+        help="seconds Kafka has to acknowledge a record before the message gets AR "
+        f"(default {mllp.DELIVERY_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--report-every",
+        type=float,
+        default=REPORT_EVERY,
+        help=f"seconds between summary lines on stderr (default {REPORT_EVERY:g})",
+    )
+    parser.set_defaults(action_handler=None, mllp=True)
+
+
+def _run_mllp(args: argparse.Namespace, settings: Settings) -> int:
+    """``stepcare bridge mllp-in``: 0 after SIGTERM or Ctrl-C, 1 after a fatal Kafka error, 2
+    for a usage error (no secret, no broker, a bad option, a port it cannot listen on)."""
+    from streams.interfaces import mllp
+    from streams.interfaces.pseudonym import fingerprint
+    from streams.kafka.registry import framing_for
+
+    target = args.to_topic or settings.input_topic
+    dead_letters = args.dead_letter_topic or settings.dead_letter_topic
+    if target == dead_letters:
+        raise UsageError(f"bridge mllp-in: the topic to write and of dead letters ({target}) "
+                         "must differ")  # fmt: skip
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be 0 to 65535")
+    for option, value, least in (
+        ("--max-message-bytes", args.max_message_bytes, 16),
+        ("--max-connections", args.max_connections, 1),
+    ):
+        if value < least:
+            raise UsageError(f"{option} must be at least {least}")
+    for option, seconds in (
+        ("--idle-timeout", args.idle_timeout),
+        ("--delivery-timeout", args.delivery_timeout),
+        ("--report-every", args.report_every),
+    ):
+        if not seconds > 0:
+            raise UsageError(f"{option} must be more than 0 seconds")
+    pseudonymizer = _pseudonymizer()  # exit 2 at once without the secret
+    zone, classes = _hl7_options(args)
+    framing = framing_for(settings, events_topic=target)
+    convert = partial(
+        live.hl7_in_record,
+        pseudonymizer=pseudonymizer,
+        timezone=zone,
+        inpatient_classes=classes,
+        identifier_type=args.identifier_type,
+        source=args.source,
+        event_value=framing.event_value,
+    )
+    limits = mllp.Limits(
+        max_message_bytes=args.max_message_bytes,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        delivery_timeout=args.delivery_timeout,
+    )
+    return mllp.run_mllp(
+        convert, settings, host=args.host, port=args.port, target=target,
+        dead_letters=dead_letters, bootstrap_servers=args.bootstrap_servers, limits=limits,
+        report_every=args.report_every, fingerprint=fingerprint(pseudonymizer),
+    )  # fmt: skip

@@ -75,6 +75,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "streams.cli.bridge",
         "hospital interfaces: FHIR and HL7 v2 ADT in as events, FHIR out (files or Kafka)",
     ),
+    "pseudonym": (
+        "streams.cli.pseudonym",
+        "MRNs -> the pseudonymous patient ids the bridges give them (a lookup table)",
+    ),
     "offsets": (
         "streams.cli.offsets",
         "move a consumer group's offsets on a topic to a point in time",

@@ -390,9 +390,12 @@ def test_bridge_dead_letter_reasons_are_every_reason_the_adapters_give(
 ) -> None:
     schema = doc["components"]["schemas"]["BridgeDeadLetterHeaders"]
     assert set(schema["properties"]["error.reason"]["enum"]) == adapter_reasons()
-    assert set(schema["required"]) == set(
+    # Where from: the worker's headers (topic, partition, offset), or an MLLP message's.
+    from_topic, from_mllp = schema["oneOf"]
+    assert set(schema["required"]) | set(from_topic["required"]) == set(
         doc["components"]["schemas"]["DeadLetterHeaders"]["required"]
     )
+    assert from_mllp["required"] == ["source.protocol"]
     headers = header_validator(doc, "BridgeDeadLetterHeaders")
     for example in doc["components"]["messages"]["BridgeDeadLetter"]["examples"]:
         headers.validate(example["headers"])
