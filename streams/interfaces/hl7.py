@@ -547,11 +547,13 @@ def ack_message(message: str | bytes, code: str, *, timestamp_ms: int, text: str
     """
     if code not in ("AA", "AE", "AR"):
         raise ValueError(f"ACK code {code!r} is not AA, AE or AR")
+    unreadable = ["MSH", "|", "^~\\&"]
     try:
-        msg = _Message(_segments(message))
-        msh = msg.all("MSH")[0]
+        msh = _Message(_segments(message)).all("MSH")[0]
     except AdapterError:
-        msg, msh = None, ["MSH", "|", "^~\\&"]
+        msh = unreadable
+    if len(msh) < 3 or not msh[2]:  # no encoding characters to answer in
+        msh = unreadable
     sep, encoding = msh[1], msh[2]
 
     def get(n: int) -> str:

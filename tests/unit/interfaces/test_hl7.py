@@ -289,6 +289,16 @@ def test_an_ack_echoes_the_control_id_and_swaps_the_parties() -> None:
     assert rejected.split("\r")[1] == "MSA|AR||hl7-malformed: no MSH x"
 
 
+@pytest.mark.parametrize(
+    "message",
+    [b"MSH-----BEGIN CERTIFICATE-----", b"MSH|||x|y", b"MSH|"],
+    ids=["no encoding characters", "empty MSH-2", "MSH only"],
+)
+def test_an_msh_without_usable_encoding_characters_gets_a_plain_ack(message: str | bytes) -> None:
+    ack = hl7.ack_message(message, "AE", timestamp_ms=0, text="hl7-malformed")
+    assert ack == "MSH|^~\\&|||||19700101000000+0000||ACK|ACK|P|2.5\rMSA|AE||hl7-malformed\r"
+
+
 # -- the command ------------------------------------------------------------------------------
 
 
