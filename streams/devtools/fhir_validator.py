@@ -59,6 +59,9 @@ _POM = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
+MAX_FILE_BYTES = 64 << 20  # a resource file the validator reads at most (its JVM heap is bounded)
+
+
 class FhirValidatorError(StepcareError, RuntimeError):
     """The validator could not be fetched, compiled or run; the message says why."""
 
@@ -235,7 +238,7 @@ class FhirValidator:
                 sources.append(source)
             args = [a for f in files[: len(supports)] for a in ("--support", f)]
             cmd = [
-                _java(), "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto",
+                _java(), "-Xmx1g", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto",
                 "-cp", f"{classes}:{libs}/*", "Validate", *args, *files[len(supports) :],
             ]  # fmt: skip
             started = time.monotonic()
@@ -280,6 +283,10 @@ def _file(item: Item, spare: Path) -> tuple[Path, str]:
         spare.write_text(json.dumps(item))
         return spare, f"{item.get('resourceType')}/{item.get('id')}"
     path = Path(item)
-    if not path.is_file():
+    if not path.exists():
         raise FhirValidatorError(f"{path}: no such file")
+    if not path.is_file():
+        raise FhirValidatorError(f"{path}: not a regular file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise FhirValidatorError(f"{path}: over {MAX_FILE_BYTES >> 20} MB, not a FHIR resource")
     return path.resolve(), str(item)
