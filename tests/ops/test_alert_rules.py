@@ -25,9 +25,17 @@ CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROMETHEUS_DIR / "tests").glob("*.yml"))
 RUNBOOK = REPO / "docs" / "runbook.md"
-RUNBOOK_URL = "https://github.com/stepcare/stepcare/blob/main/docs/runbook.md#"
-# Which team each rule file routes to: service health to ops, domain signals to clinical.
-TEAMS = {"stepcare-service.yml": "ops", "stepcare-clinical.yml": "clinical"}
+# Relative to the repository: the page exists in every clone, and a receiver's template makes
+# it absolute (docs/runbook.md, "Routing alerts").
+RUNBOOK_URL = "docs/runbook.md#"
+# Which team each rule file routes to: service health and the SLO to ops, domain signals to
+# clinical, the bridges and the subscribers to integration.
+TEAMS = {
+    "stepcare-service.yml": "ops",
+    "stepcare-slo.yml": "ops",
+    "stepcare-clinical.yml": "clinical",
+    "stepcare-integration.yml": "integration",
+}
 SEVERITIES = {"critical", "warning"}
 
 # The worker's metrics contract (streams/worker/metrics.py), as series names in PromQL.
@@ -47,6 +55,19 @@ CONTRACT = {
     "stepcare_overdue_visit_requests",
     "stepcare_consumer_lag",
     "stepcare_build_info",
+}
+# Fixed by issue 17 and exported by the worker (the SLO histogram, the subscribers' lag) or by
+# the live bridges (job stepcare-bridge): names only, their code is not part of this check.
+ISSUE17_WORKER = {
+    "stepcare_escalation_delay_seconds_bucket",
+    "stepcare_escalation_delay_seconds_count",
+    "stepcare_subscriber_lag_seconds",
+}
+BRIDGE_CONTRACT = {
+    "stepcare_bridge_records_total",
+    "stepcare_bridge_dead_letters_total",
+    "stepcare_bridge_consumer_lag",
+    "stepcare_bridge_last_record_timestamp_seconds",
 }
 PROMETHEUS_SERIES = {"up"}
 
@@ -332,7 +353,8 @@ def test_alert_uses_only_contract_metrics(item: tuple[str, dict[str, Any]]) -> N
     _, rule = item
     names = metric_names(rule["expr"])
     assert names, f"{rule['alert']}: no metric found in {rule['expr']!r}"
-    unknown = names - CONTRACT - PROMETHEUS_SERIES - recorded_names()
+    known = CONTRACT | ISSUE17_WORKER | BRIDGE_CONTRACT | PROMETHEUS_SERIES | recorded_names()
+    unknown = names - known
     assert not unknown, f"{rule['alert']} uses metrics the worker does not export: {unknown}"
 
 
