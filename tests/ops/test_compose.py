@@ -34,6 +34,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 GRAFANA_PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
 
 SETTING_NAMES = {name for name, _default, _doc in Settings.describe()}
@@ -180,7 +181,9 @@ def host_path(service: dict[str, Any], container_path: str) -> Path:
 
 
 def test_services(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"kafka", "schema-registry", "worker", "prometheus", "grafana"}
+    assert set(services) == {
+        "kafka", "schema-registry", "worker", "prometheus", "alertmanager", "grafana"
+    }  # fmt: skip
 
 
 def test_no_compose_v2_only_keys(compose: dict[str, Any]) -> None:
@@ -377,6 +380,21 @@ def test_prometheus_rule_files_are_mounted(
         in_container = config_dir / pattern  # relative patterns are relative to the config file
         source = host_path(prometheus, str(in_container))
         assert list(source.parent.glob(source.name)), f"rule_files {pattern}: no file in {source}"
+
+
+def test_prometheus_alerts_go_to_the_alertmanager_service(
+    prometheus_config: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    [manager] = prometheus_config["alerting"]["alertmanagers"]
+    assert manager["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    alertmanager = services["alertmanager"]
+    flags = dict(arg.split("=", 1) for arg in alertmanager["command"])
+    assert host_path(alertmanager, flags["--config.file"]) == ALERTMANAGER_CONFIG
+    assert flags["--storage.path"] == "/alertmanager"
+    assert "alertmanager-data:/alertmanager" in alertmanager["volumes"]
+    assert published_ports(alertmanager) == {9093: 9093}
+    assert alertmanager["ports"] == ["127.0.0.1:9093:9093"]  # this host only
+    assert "alertmanager" in services["prometheus"]["depends_on"]
 
 
 def test_grafana_provisioning(services: dict[str, dict[str, Any]]) -> None:
