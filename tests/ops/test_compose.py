@@ -551,8 +551,8 @@ def test_the_image_installs_the_wheel_with_its_schemas() -> None:
 
 @pytest.mark.attack(
     "docker compose up on a host with other interfaces",
-    "every published port (broker, registry, worker, Prometheus, Grafana) is bound to 127.0.0.1"
-    " only",
+    "every published port (broker, registry, worker, Prometheus, Alertmanager, Grafana) is bound"
+    " to 127.0.0.1 only",
 )
 def test_every_published_port_is_bound_to_this_host_only(
     services: dict[str, dict[str, Any]],
