@@ -33,7 +33,12 @@ DASHBOARD = Path(__file__).resolve().parent / "dashboards" / "stepcare-overview.
 MAX_POINTS = 200  # data points per series, as a Grafana panel about that many pixels wide
 WIDTH = 20  # inches: the picture's width
 
-_MACRO = re.compile(r"\$(?:\{(__\w+)\}|(__\w+))")
+# $name, ${name} and ${name:format}: Grafana's macros ($__rate_interval) and the dashboard's
+# variables ($job, $instance).
+_MACRO = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
+# The dashboard's variables as Grafana substitutes them with "All" selected: a regex of every
+# value (any value here; the panels' matchers keep the job names they need).
+ALL = {"job": ".+", "instance": ".+"}
 
 
 # -- the dashboard ------------------------------------------------------------------------------
@@ -75,8 +80,16 @@ def rate_interval(interval: float, scrape_interval: float) -> float:
     return max(interval + scrape_interval, 4 * scrape_interval)
 
 
-def substitute(expr: str, *, interval: float, rate_interval: float, range_: float) -> str:
-    """``expr`` with Grafana's macros replaced by the given durations (seconds)."""
+def substitute(
+    expr: str,
+    *,
+    interval: float,
+    rate_interval: float,
+    range_: float,
+    variables: dict[str, str] | None = None,
+) -> str:
+    """``expr`` with Grafana's macros replaced by the given durations (seconds) and the
+    dashboard's variables by ``variables`` (default: "All", :data:`ALL`)."""
     values = {
         "__interval": duration(interval),
         "__interval_ms": str(max(1, math.ceil(interval * 1000))),
@@ -84,12 +97,14 @@ def substitute(expr: str, *, interval: float, rate_interval: float, range_: floa
         "__range": duration(range_),
         "__range_s": str(max(1, math.ceil(range_))),
         "__range_ms": str(max(1, math.ceil(range_ * 1000))),
+        **(ALL if variables is None else variables),
     }
 
     def replace(match: re.Match[str]) -> str:
         name = match[1] or match[2]
         if name not in values:
-            raise ValueError(f"unknown Grafana macro ${name} in {expr!r}")
+            kind = "Grafana macro" if name.startswith("__") else "dashboard variable"
+            raise ValueError(f"unknown {kind} ${name} in {expr!r}")
         return values[name]
 
     return _MACRO.sub(replace, expr)
@@ -143,13 +158,20 @@ def panel_data(
     start: float,
     end: float,
     scrape_interval: float,
+    variables: dict[str, str] | None = None,
 ) -> dict[int, list[tuple[str, list[float], list[float]]]]:
     """For each panel id: (legend, times, values) of every series its queries return."""
     step = max(scrape_interval, (end - start) / MAX_POINTS)
     interval = rate_interval(step, scrape_interval)
     data: dict[int, list[tuple[str, list[float], list[float]]]] = {}
     for panel, target in targets(dashboard):
-        expr = substitute(target["expr"], interval=step, rate_interval=interval, range_=end - start)
+        expr = substitute(
+            target["expr"],
+            interval=step,
+            rate_interval=interval,
+            range_=end - start,
+            variables=variables,
+        )
         series = data.setdefault(panel["id"], [])
         for result in query_range(prometheus, expr, start, end, step):
             times = [float(t) for t, _ in result["values"]]
@@ -168,9 +190,11 @@ COLORS = {"green": "#73bf69", "red": "#f2495c", "orange": "#ff9830", "blue": "#5
 
 
 def formatted(value: float, unit: str) -> str:
-    """A value the way the panel's unit shows it (s, ops, short)."""
+    """A value the way the panel's unit shows it (s, ops, short, percentunit)."""
     if math.isnan(value):
         return "NaN"
+    if unit == "percentunit":
+        return f"{value * 100:.3g}%"
     if unit == "s":
         for size, name in ((86400, "day"), (3600, "h"), (60, "min")):
             if abs(value) >= size:
@@ -299,10 +323,11 @@ def render(
     *,
     scrape_interval: float = 15.0,
     dashboard: dict | None = None,
+    variables: dict[str, str] | None = None,
 ) -> None:
     """Evaluate every panel over [start, end] and draw the dashboard into ``out``."""
     dashboard = load_dashboard() if dashboard is None else dashboard
-    data = panel_data(prometheus, dashboard, start, end, scrape_interval)
+    data = panel_data(prometheus, dashboard, start, end, scrape_interval, variables)
     span = f"{_utc(start)} - {_utc(end)} UTC"
     draw(dashboard, data, start, end, out, subtitle=span)
 
@@ -324,7 +349,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrape-interval", default="15s", help="Prometheus's (default 15s)")
     parser.add_argument("--dashboard", type=Path, default=DASHBOARD)
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    parser.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="NAME=REGEX",
+        help="a dashboard variable, e.g. --var instance=worker-1:6066 (default: all values)",
+    )
     args = parser.parse_args(argv)
+    variables = dict(ALL)
+    for item in args.var:
+        name, sep, value = item.partition("=")
+        if not sep or name not in ALL:
+            parser.error(f"--var {item}: NAME=REGEX with NAME one of {', '.join(ALL)}")
+        variables[name] = value
     end = _moment(args.end) if args.end else time.time()
     start = _moment(args.start) if args.start else end - parse_duration(args.last)
     if start >= end:
@@ -337,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out,
             scrape_interval=parse_duration(args.scrape_interval),
             dashboard=load_dashboard(args.dashboard),
+            variables=variables,
         )
     except (QueryError, OSError) as exc:
         print(f"picture: {exc}", file=sys.stderr)

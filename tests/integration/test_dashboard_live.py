@@ -1,7 +1,8 @@
 """The dashboard against a real Prometheus scraping a real worker (DESIGN §7).
 
 A worker processes the 60-patient demo cohort while Prometheus scrapes it every second; then
-every query of every panel, macros substituted as Grafana would, is evaluated through the HTTP
+every query of every panel, macros and the dashboard's variables substituted as Grafana would
+(job ``stepcare``, the worker's instance), is evaluated through the HTTP
 API, at the current time and over the run: none may fail, the core panels must have data, and
 the counts where the cohort makes them known must be exactly what offline replay computes.
 
@@ -49,13 +50,14 @@ class Prometheus:
     def __init__(self, folder: Path, worker_port: str) -> None:
         folder.mkdir()
         self.port = free_port()
+        self.target = f"127.0.0.1:{worker_port}"
         self.url = f"http://127.0.0.1:{self.port}"
         config = folder / "prometheus.yml"
         config.write_text(
             f"global: {{scrape_interval: {SCRAPE:g}s, evaluation_interval: {SCRAPE:g}s}}\n"
             "scrape_configs:\n"
             "  - job_name: stepcare\n"
-            f"    static_configs: [{{targets: ['127.0.0.1:{worker_port}']}}]\n"
+            f"    static_configs: [{{targets: ['{self.target}']}}]\n"
         )
         self.log = folder / "prometheus.log"
         with open(self.log, "ab") as out:
@@ -69,6 +71,10 @@ class Prometheus:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+
+    def variables(self) -> dict[str, str]:
+        """The dashboard's variables with this worker selected, as Grafana sends them."""
+        return {"job": "stepcare", "instance": self.target}
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -166,6 +172,13 @@ def test_every_panel_query_works_on_a_real_prometheus_scraping_a_real_worker(
 
         # Exact values, where the cohort makes them known: what offline replay computes.
         assert stat(panels, "Workers up") == 1
+        # The variables do filter: another instance selected, the same panel has no worker.
+        [workers_up] = targets_of("Workers up")
+        elsewhere = {"job": "stepcare", "instance": "elsewhere:6066"}
+        other = picture.substitute(
+            workers_up["expr"], interval=60, rate_interval=60, range_=60, variables=elsewhere
+        )
+        assert picture.query(prometheus.url, other, at=end) == []
         escalations = Counter(orjson.loads(line)["kind"] for line in expected)
         assert escalations == summary.escalations and len(escalations) >= 5
         assert prometheus.by("kind", "sum by (kind) (stepcare_escalations_total)") == {
@@ -193,7 +206,14 @@ def test_every_panel_query_works_on_a_real_prometheus_scraping_a_real_worker(
 
         if out := os.environ.get("STEPCARE_DASHBOARD_PICTURE"):
             path = Path(out) if Path(out).is_absolute() else REPO / out
-            picture.render(prometheus.url, started, end, path, scrape_interval=SCRAPE)
+            picture.render(
+                prometheus.url,
+                started,
+                end,
+                path,
+                scrape_interval=SCRAPE,
+                variables=prometheus.variables(),
+            )
             assert path.stat().st_size > 10_000
     finally:
         prometheus.stop()
@@ -207,14 +227,22 @@ Results = dict[str, list[tuple[list[dict], list[dict]]]]
 def evaluate_every_panel(prometheus: Prometheus, start: float, end: float) -> Results:
     """For each panel, for each query: its result at ``end`` with a 1m rate window (a stat, a
     Grafana table) and its result over [start, end] with the Grafana's rate window for a 1 s
-    step. Each must have status success (else QueryError)."""
+    step, the worker selected in the dashboard's variables. Each must have status success (else
+    QueryError)."""
     results: Results = {}
+    variables = prometheus.variables()
     for panel, target in picture.targets(picture.load_dashboard()):
         expr = target["expr"]
-        instant = picture.substitute(expr, interval=60, rate_interval=60, range_=end - start)
+        instant = picture.substitute(
+            expr, interval=60, rate_interval=60, range_=end - start, variables=variables
+        )
         rate_interval = picture.rate_interval(SCRAPE, SCRAPE)
         ranged = picture.substitute(
-            expr, interval=SCRAPE, rate_interval=rate_interval, range_=end - start
+            expr,
+            interval=SCRAPE,
+            rate_interval=rate_interval,
+            range_=end - start,
+            variables=variables,
         )
         now = picture.query(prometheus.url, instant, at=end)
         over = picture.query_range(prometheus.url, ranged, start, end, SCRAPE)

@@ -34,6 +34,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 GRAFANA_PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
 
 SETTING_NAMES = {name for name, _default, _doc in Settings.describe()}
@@ -180,7 +181,9 @@ def host_path(service: dict[str, Any], container_path: str) -> Path:
 
 
 def test_services(services: dict[str, dict[str, Any]]) -> None:
-    assert set(services) == {"kafka", "schema-registry", "worker", "prometheus", "grafana"}
+    assert set(services) == {
+        "kafka", "schema-registry", "worker", "prometheus", "alertmanager", "grafana"
+    }  # fmt: skip
 
 
 def test_no_compose_v2_only_keys(compose: dict[str, Any]) -> None:
@@ -379,6 +382,21 @@ def test_prometheus_rule_files_are_mounted(
         assert list(source.parent.glob(source.name)), f"rule_files {pattern}: no file in {source}"
 
 
+def test_prometheus_alerts_go_to_the_alertmanager_service(
+    prometheus_config: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    [manager] = prometheus_config["alerting"]["alertmanagers"]
+    assert manager["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    alertmanager = services["alertmanager"]
+    flags = dict(arg.split("=", 1) for arg in alertmanager["command"])
+    assert host_path(alertmanager, flags["--config.file"]) == ALERTMANAGER_CONFIG
+    assert flags["--storage.path"] == "/alertmanager"
+    assert "alertmanager-data:/alertmanager" in alertmanager["volumes"]
+    assert published_ports(alertmanager) == {9093: 9093}
+    assert alertmanager["ports"] == ["127.0.0.1:9093:9093"]  # this host only
+    assert "alertmanager" in services["prometheus"]["depends_on"]
+
+
 def test_grafana_provisioning(services: dict[str, dict[str, Any]]) -> None:
     grafana = services["grafana"]
     env = environment(grafana)
@@ -533,8 +551,8 @@ def test_the_image_installs_the_wheel_with_its_schemas() -> None:
 
 @pytest.mark.attack(
     "docker compose up on a host with other interfaces",
-    "every published port (broker, registry, worker, Prometheus, Grafana) is bound to 127.0.0.1"
-    " only",
+    "every published port (broker, registry, worker, Prometheus, Alertmanager, Grafana) is bound"
+    " to 127.0.0.1 only",
 )
 def test_every_published_port_is_bound_to_this_host_only(
     services: dict[str, dict[str, Any]],

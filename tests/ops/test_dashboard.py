@@ -1,14 +1,18 @@
 """The Grafana dashboard and its provisioning, checked without Grafana (DESIGN §7).
 
-Every panel uses the provisioned datasource, every query parses (``promtool check rules`` on a
-rule file with one recording rule per query, Grafana's macros substituted), and every metric a
-query reads is one the worker exposes (``streams/worker/metrics.py``) or ``up``. That the queries
-also return the right data from a real worker is ``tests/integration/test_dashboard_live.py``.
+The dashboard names no datasource uid: every panel uses the ``$datasource`` variable, so it
+imports into any Grafana; every query is filtered by the ``$job`` and ``$instance`` variables;
+every query parses (``promtool check rules`` on a rule file with one recording rule per query,
+Grafana's macros and variables substituted); every metric a query reads is one the worker
+exposes (``streams/worker/metrics.py``), one issue 17 fixed for the bridges and the worker, or
+``up``. That the queries also return the right data from a real worker is
+``tests/integration/test_dashboard_live.py``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
@@ -24,7 +28,22 @@ from streams.worker.metrics import WorkerMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "deploy" / "grafana"
+# The compose stack's provisioned datasource; the dashboard must not need it.
 DATASOURCE_UID = "stepcare-prometheus"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+FILTERS = ('job=~"$job"', 'instance=~"$instance"')
+# Fixed by issue 17 (docs/integration.md, bridge metrics; the worker's SLO and subscriber lag):
+# exported by the bridges (job stepcare-bridge) and by the worker of that issue's metrics work.
+ISSUE17_SERIES = {
+    "stepcare_bridge_records_total",
+    "stepcare_bridge_dead_letters_total",
+    "stepcare_bridge_consumer_lag",
+    "stepcare_escalation_delay_seconds_bucket",
+    "stepcare_escalation_delay_seconds_count",
+    "stepcare_escalations_late_trigger_total",
+    "stepcare_subscriber_lag",
+    "stepcare_subscriber_lag_seconds",
+}
 
 
 def load_picture():
@@ -109,14 +128,86 @@ def test_the_dashboard_has_a_fixed_identity() -> None:
     assert len(uids) == len(set(uids)) and "stepcare-overview" in uids
 
 
-def test_every_panel_queries_the_provisioned_datasource() -> None:
+def test_every_panel_queries_the_datasource_variable() -> None:
     assert PANELS
     for panel in PANELS:
-        assert panel["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, panel["title"]
+        assert panel["datasource"] == DATASOURCE, panel["title"]
         assert panel["targets"], panel["title"]
         for target in panel["targets"]:
-            if "datasource" in target:
-                assert target["datasource"]["uid"] == DATASOURCE_UID, panel["title"]
+            assert target["datasource"] == DATASOURCE, panel["title"]
+
+
+def datasource_uids(node: object) -> list[str]:
+    """The uid of every ``datasource`` object anywhere in a dashboard (panels, targets,
+    variables, annotations)."""
+    if isinstance(node, list):
+        return [uid for item in node for uid in datasource_uids(item)]
+    if not isinstance(node, dict):
+        return []
+    found = []
+    for key, value in node.items():
+        if key == "datasource" and isinstance(value, dict):
+            found.append(value.get("uid"))
+        if key == "datasource" and isinstance(value, str):
+            found.append(value)  # the legacy form: a datasource name
+        found.extend(datasource_uids(value))
+    return found
+
+
+def test_no_datasource_uid_is_hard_coded() -> None:
+    uids = datasource_uids(DASHBOARD)
+    assert uids and set(uids) == {"${datasource}"}
+    assert DATASOURCE_UID not in json.dumps(DASHBOARD)  # not even elsewhere
+
+
+def test_no_hard_coded_uid_is_found_where_there_is_one() -> None:
+    broken = json.loads(json.dumps(DASHBOARD))
+    broken["panels"][3]["targets"][0]["datasource"] = {"type": "prometheus", "uid": "abc"}
+    assert "abc" in datasource_uids(broken)
+
+
+def variables() -> dict[str, dict]:
+    return {variable["name"]: variable for variable in DASHBOARD["templating"]["list"]}
+
+
+def test_the_variables_select_datasource_job_and_instance() -> None:
+    found = variables()
+    assert list(found) == ["datasource", "job", "instance"]  # each may use the ones before it
+    assert found["datasource"]["type"] == "datasource"
+    assert found["datasource"]["query"] == "prometheus"
+    for name in ("job", "instance"):
+        variable = found[name]
+        assert variable["type"] == "query", name
+        assert variable["datasource"] == DATASOURCE, name
+        assert variable["multi"] is True and variable["includeAll"] is True, name
+        assert variable["current"]["value"] == ["$__all"], name
+        assert variable["refresh"] == 2, name  # on time range change: new targets appear
+        assert variable["definition"] == variable["query"]["query"], name
+    # The jobs of the configurations and the alerts; the instances of the jobs selected.
+    assert found["job"]["definition"] == 'label_values(up{job=~"stepcare|stepcare-bridge"}, job)'
+    assert found["instance"]["definition"] == 'label_values(up{job=~"$job"}, instance)'
+
+
+_SELECTOR = re.compile(r"\b(stepcare_\w+|up)\b(\{[^}]*\})?(?!\s*\()")
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric name, label matchers) of every series selector in a query."""
+    return [(m[1], m[2] or "") for m in _SELECTOR.finditer(expr)]
+
+
+def test_selectors_are_found() -> None:
+    expr = 'sum(rate(a_total[5m])) + up{job="x"} / sum(stepcare_b{le="1"}) - stepcare_c'
+    assert selectors(expr) == [("up", '{job="x"}'), ("stepcare_b", '{le="1"}'), ("stepcare_c", "")]
+
+
+def test_every_query_is_filtered_by_job_and_instance() -> None:
+    for panel, target in TARGETS:
+        found = selectors(target["expr"])
+        assert found, f"{panel['title']}: {target['expr']}"
+        for name, matchers in found:
+            for matcher in FILTERS:
+                assert matcher in matchers, f"{panel['title']}: {name} without {matcher}"
 
 
 def test_panel_ids_are_unique_and_each_panel_says_what_it_shows() -> None:
@@ -128,7 +219,8 @@ def test_panel_ids_are_unique_and_each_panel_says_what_it_shows() -> None:
     for panel in PANELS:
         assert panel["type"] in {"timeseries", "stat"}, panel["title"]
         assert len(panel.get("description", "")) > 20, panel["title"]
-        assert panel["fieldConfig"]["defaults"]["unit"] in {"ops", "s", "short"}, panel["title"]
+        unit = panel["fieldConfig"]["defaults"]["unit"]
+        assert unit in {"ops", "s", "short", "percentunit"}, panel["title"]
         ref_ids = [t["refId"] for t in panel["targets"]]
         assert len(ref_ids) == len(set(ref_ids)), panel["title"]
         assert all(t["expr"].strip() for t in panel["targets"]), panel["title"]
@@ -145,13 +237,39 @@ def test_panels_fit_the_grid_without_overlapping() -> None:
                 cells[(x, y)] = panel["title"]
 
 
+def unfiltered(expr: str) -> str:
+    return expr.replace(", " + FILTERS[0] + ", " + FILTERS[1], "").replace(
+        "{" + FILTERS[0] + ", " + FILTERS[1] + "}", ""
+    )
+
+
 def test_the_core_panels_are_there() -> None:
-    exprs = {t["expr"] for _, t in TARGETS}
+    exprs = {unfiltered(t["expr"]) for _, t in TARGETS}
     assert "sum by (kind) (rate(stepcare_escalations_total[$__rate_interval]))" in exprs
     assert "time() - max(stepcare_last_processed_timestamp_seconds > 0)" in exprs
     assert 'sum(up{job="stepcare"})' in exprs
     assert any(e.startswith("histogram_quantile(0.95,") for e in exprs)
     assert any("by (partition)" in e for e in exprs) and "sum(stepcare_consumer_lag)" in exprs
+    # Issue 17: the bridges, the subscribers, the SLO.
+    titles = {panel["title"]: panel for panel in PANELS}
+    assert (
+        "sum by (bridge, outcome) (rate(stepcare_bridge_records_total[$__rate_interval]))" in exprs
+    )
+    assert (
+        "sum by (bridge, reason) (rate(stepcare_bridge_dead_letters_total[$__rate_interval]))"
+        in exprs
+    )
+    assert "sum by (bridge) (stepcare_bridge_consumer_lag)" in exprs
+    assert "max by (group) (stepcare_subscriber_lag_seconds)" in exprs
+    delay = [unfiltered(t["expr"]) for t in titles["Escalation delay"]["targets"]]
+    assert delay == [
+        f"histogram_quantile({q}, sum by (le) "
+        "(rate(stepcare_escalation_delay_seconds_bucket[$__rate_interval])))"
+        for q in ("0.5", "0.95", "0.99")
+    ]
+    [budget] = titles["Error budget remaining"]["targets"]
+    assert '{le=~"900(\\\\.0)?"' in budget["expr"] and "[30d]" in budget["expr"]
+    assert titles["Error budget remaining"]["fieldConfig"]["defaults"]["unit"] == "percentunit"
 
 
 # -- the queries --------------------------------------------------------------------------------
@@ -162,6 +280,16 @@ def test_macros_are_substituted_as_grafana_would() -> None:
     assert picture.substitute(expr, interval=15, rate_interval=60, range_=3600) == (
         "rate(x[60s]) + x[15s] + 3600 + 3600s + 15000"
     )
+    expr = 'x{job=~"$job", instance=~"${instance:regex}"}[$__range]'
+    assert picture.substitute(expr, interval=1, rate_interval=1, range_=60) == (
+        'x{job=~".+", instance=~".+"}[60s]'  # "All"
+    )
+    chosen = {"job": "stepcare", "instance": "worker:6066"}
+    assert picture.substitute(expr, interval=1, rate_interval=1, range_=60, variables=chosen) == (
+        'x{job=~"stepcare", instance=~"worker:6066"}[60s]'
+    )
+    with pytest.raises(ValueError, match="dashboard variable \\$site"):
+        picture.substitute("x{site=~'$site'}", interval=1, rate_interval=1, range_=1)
     assert picture.rate_interval(1, 1) == 4 and picture.rate_interval(60, 15) == 75
     with pytest.raises(ValueError, match="__nope"):
         picture.substitute("x[$__nope]", interval=1, rate_interval=1, range_=1)
@@ -203,7 +331,7 @@ def test_every_query_reads_metrics_the_worker_exposes() -> None:
     for panel, target in TARGETS:
         names = metric_names(grafana_expr(target["expr"]))
         assert names, f"{panel['title']}: {target['expr']}"
-        unknown = names - exposed - {"up"}
+        unknown = names - exposed - ISSUE17_SERIES - {"up"}
         assert not unknown, f"{panel['title']}: {sorted(unknown)} not in streams/worker/metrics.py"
         used |= names
     # Every domain metric is on the dashboard, but these two: the build info is metadata, and
@@ -216,7 +344,7 @@ def test_every_query_reads_metrics_the_worker_exposes() -> None:
 # -- provisioning -------------------------------------------------------------------------------
 
 
-def test_the_datasource_is_provisioned_with_the_uid_the_panels_use() -> None:
+def test_the_datasource_is_provisioned_for_compose() -> None:
     config = yaml.safe_load(GRAFANA.joinpath("provisioning/datasources/prometheus.yml").read_text())
     assert config["apiVersion"] == 1
     [datasource] = config["datasources"]
