@@ -38,7 +38,7 @@ from streams.worker import faust_patches
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.outputs import DeliveredOutputs, Outputs, TransactionalOutputs
 from streams.worker.pipeline import Monitor
-from streams.worker.probes import LagProbe, Ticker
+from streams.worker.probes import LagProbe, SubscriberLagProbe, Ticker
 from streams.worker.states import TABLE
 
 LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
@@ -160,6 +160,19 @@ def build(
                 break
         for partition in range(settings.partitions):
             metrics.consumer_lag.labels(str(partition)).set(lags.get(partition, 0))
+
+    subscribers = settings.subscribers()
+    if subscribers:
+        subscriber_probe = SubscriberLagProbe(settings, subscribers)
+
+        @app.timer(float(settings.subscriber_lag_interval), on_leader=False)
+        async def measure_subscriber_lag() -> None:
+            loop = asyncio.get_running_loop()
+            lags = await loop.run_in_executor(None, subscriber_probe.measure)
+            for group, lag in lags.items():
+                for partition, records in lag.records.items():
+                    metrics.subscriber_lag.labels(group, str(partition)).set(records)
+                metrics.subscriber_lag_seconds.labels(group).set(lag.seconds)
 
     if settings.clock == "wall":
         ticker = Ticker(settings)

@@ -139,6 +139,20 @@ class WorkerMetrics:
             ["partition"],
             registry=registry,
         )
+        self.subscriber_lag = Gauge(
+            "stepcare_subscriber_lag",
+            "Escalations a subscriber group (STEPCARE_SUBSCRIBER_GROUPS) has not committed, per "
+            "partition of the escalations topic (end offset - committed offset).",
+            ["group", "partition"],
+            registry=registry,
+        )
+        self.subscriber_lag_seconds = Gauge(
+            "stepcare_subscriber_lag_seconds",
+            "Age of the oldest escalation a subscriber group has not committed (now - its record "
+            "timestamp); 0 when caught up.",
+            ["group"],
+            registry=registry,
+        )
         self.escalation_delay = Histogram(
             "stepcare_escalation_delay_seconds",
             "Wall time the broker acknowledged an escalation minus its trigger time (the "
