@@ -131,6 +131,14 @@ def build(
 
     @app.agent(events, concurrency=1)
     async def monitor_patients(stream: faust.StreamT) -> None:
+        # Where faust's table writes the changelog (exactly_once; the memory store): each batch
+        # writes its touched patients' states at once, up to a batch of them and the clocks.
+        # faust's producer buffer warns "producer buffer full" (and makes the streams wait)
+        # above 100 records: every batch of more than 100 patients did, on a clean start too.
+        # Its bound is the batch's: it still ebbs between batches.
+        app.producer.buffer.max_messages = max(
+            app.producer.buffer.max_messages, batch_size + settings.partitions
+        )
         # Acknowledged by the monitor, batch by batch, once the batch's outputs are safe.
         async for batch in faust_patches.take_batches(stream, batch_size, linger):
             async with exclusive:  # exactly_once: no transaction cuts a batch
