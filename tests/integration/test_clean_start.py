@@ -1,6 +1,7 @@
 """A fresh worker on fresh topics logs nothing at WARNING or ERROR: it starts, processes a small
 cohort, stops (both guarantees). The messages libraries log at those levels for what is expected
-and retried at a clean start are demoted (streams/worker/runner.py, ``ExpectedAtStart``)."""
+and retried at a clean start are demoted (streams/worker/runner.py, ``ExpectedAtStart``).
+Allowed: nothing at WARNING or above, from stepcare, faust, aiokafka or librdkafka."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from streams.cli import main
 from tests.integration.test_consumer_lag import kafka_lag
+from tests.integration.test_worker_metrics import scrape
 from tests.integration.workers import Deployment
 
 UNTIL = "2024-09-01T00:00:00Z"
@@ -42,7 +44,8 @@ def test_a_clean_start_logs_no_warning_nor_error(
                   .values()):  # fmt: skip
             assert time.monotonic() < deadline, worker.tail()
             time.sleep(1)
-        assert deployment.escalations_read()  # it escalated
+        escalations = deployment.escalations_read()
+        metrics = scrape(deployment.env["STEPCARE_WEB_PORT"])
     finally:
         assert worker.stop() == 0
     text = worker.log.read_text(errors="replace")
@@ -50,3 +53,9 @@ def test_a_clean_start_logs_no_warning_nor_error(
                if LEVEL.match(line) or "%3|" in line or "%4|" in line]  # fmt: skip
     assert flagged == [], "\n".join(flagged)
     assert len(events) > 2_000  # more than a batch
+    # The SLO histogram: each escalation observed once the broker acknowledged it (at least
+    # once: its delivery report; exactly once: its ack inside the transaction). The cohort's
+    # triggers are from 2018: all late, none in the histogram.
+    assert len(escalations) > 800
+    assert metrics["stepcare_escalations_late_trigger_total", ()] == len(escalations)
+    assert metrics["stepcare_escalation_delay_seconds_count", ()] == 0
