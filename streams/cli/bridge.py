@@ -153,18 +153,50 @@ def _live(
         "--bootstrap-servers", help="Kafka bootstrap servers (default: STEPCARE_BOOTSTRAP_SERVERS)"
     )
     parser.add_argument(
-        "--max-messages", type=int, help="stop after this many records (tests, backfills)"
+        "--max-messages",
+        type=int,
+        metavar="N",
+        help="stop after this many records (tests, backfills)",
     )
     parser.add_argument(
-        "--idle-timeout", type=float, help="stop after this many seconds without a record"
+        "--idle-timeout",
+        type=float,
+        metavar="S",
+        help="stop after this many seconds without a record",
     )
     parser.add_argument(
         "--report-every",
         type=float,
         default=REPORT_EVERY,
+        metavar="S",
         help=f"seconds between summary lines on stderr (default {REPORT_EVERY:g})",
     )
+    _metrics_options(parser, name)
     parser.set_defaults(action_handler=None, live=(name, source, target, dead_letters))
+
+
+def _metrics_options(parser: argparse.ArgumentParser, name: str) -> None:
+    from streams.interfaces.bridge_metrics import DEFAULT_HOST, DEFAULT_PORTS
+
+    parser.add_argument(
+        "--metrics-host",
+        default=DEFAULT_HOST,
+        metavar="HOST",
+        help=f"/metrics address (default {DEFAULT_HOST})",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_PORTS[name],
+        metavar="N",
+        help=f"/metrics port (default {DEFAULT_PORTS[name]}; 0: none)",
+    )
+
+
+def _metrics_port(args: argparse.Namespace) -> int:
+    if not 0 <= args.metrics_port <= 65535:
+        raise UsageError("--metrics-port must be 0 to 65535")
+    return int(args.metrics_port)
 
 
 _SETTING_TOPICS = {
@@ -344,6 +376,7 @@ def _run_live(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("--idle-timeout must be more than 0 seconds")
     if not args.report_every > 0:
         raise UsageError("--report-every must be more than 0 seconds")
+    metrics_port = _metrics_port(args)
 
     from streams.kafka.registry import framing_for, reader_for
 
@@ -384,6 +417,7 @@ def _run_live(args: argparse.Namespace, settings: Settings) -> int:
         group=args.group, bootstrap_servers=args.bootstrap_servers,
         max_messages=args.max_messages, idle_timeout=args.idle_timeout,
         report_every=args.report_every, fingerprint=fingerprint,
+        metrics_host=args.metrics_host, metrics_port=metrics_port,
     )  # fmt: skip
 
 
@@ -455,6 +489,7 @@ def _mllp(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=REPORT_EVERY,
         help=f"seconds between summary lines on stderr (default {REPORT_EVERY:g})",
     )
+    _metrics_options(parser, "mllp-in")
     parser.set_defaults(action_handler=None, mllp=True)
 
 
@@ -472,6 +507,7 @@ def _run_mllp(args: argparse.Namespace, settings: Settings) -> int:
                          "must differ")  # fmt: skip
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be 0 to 65535")
+    metrics_port = _metrics_port(args)
     for option, value, least in (
         ("--max-message-bytes", args.max_message_bytes, 16),
         ("--max-connections", args.max_connections, 1),
@@ -507,4 +543,5 @@ def _run_mllp(args: argparse.Namespace, settings: Settings) -> int:
         convert, settings, host=args.host, port=args.port, target=target,
         dead_letters=dead_letters, bootstrap_servers=args.bootstrap_servers, limits=limits,
         report_every=args.report_every, fingerprint=fingerprint(pseudonymizer),
+        metrics_host=args.metrics_host, metrics_port=metrics_port,
     )  # fmt: skip

@@ -16,11 +16,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import tzinfo
+from functools import partial
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
 from streams.errors import StepcareError
+from streams.interfaces import bridge_metrics
+from streams.interfaces.bridge_metrics import DEAD_LETTERED, IGNORED, PUBLISHED, BridgeMetrics
 from streams.interfaces.errors import AdapterError, Ignored, breakdown
 from streams.kafka.client import (
     SAFE_PRODUCER,
@@ -49,6 +52,7 @@ FHIR_JSON = "application/fhir+json"
 REPORT_EVERY = 60.0  # seconds between summary lines of a live bridge
 BATCH = 500  # records a live bridge produces before it waits for the acks and commits
 PROCESSING_ERROR = "processing-error"  # a defect of an adapter, not of the input
+LAG_EVERY = 5.0  # seconds between measurements of a live bridge's consumer lag
 
 Headers = list[tuple[str, bytes]]
 # What a bridge does with one record: (value, headers) -> its Output, or Ignored; AdapterError
@@ -191,8 +195,10 @@ class LiveBridge:
         idle_timeout: float | None = None,
         report_every: float = REPORT_EVERY,
         err: IO[str] | None = None,
+        metrics: BridgeMetrics | None = None,
     ) -> None:
         self.name, self.convert = name, convert
+        self.metrics = metrics or BridgeMetrics(name, kafka_reading=True)
         self.source, self.target, self.dead_letters = source, target, dead_letters
         self.consumer_config, self.producer_config = consumer_config, producer_config
         # librdkafka refuses a record above message.max.bytes: a dead letter always fits under it.
@@ -221,7 +227,7 @@ class LiveBridge:
         except KafkaException as exc:
             raise BridgeError(f"cannot create a Kafka client: {error_text(exc)}") from None
         consumer.subscribe([self.source])
-        last_record = next_report = time.monotonic()
+        last_record = next_report = next_lag = time.monotonic()
         next_report += self.report_every
         try:
             while not self.stopping:
@@ -237,11 +243,32 @@ class LiveBridge:
                 if now >= next_report:
                     self._say(self.summary())
                     next_report = now + self.report_every
+                if now >= next_lag:
+                    self._measure_lag(consumer)
+                    next_lag = time.monotonic() + LAG_EVERY
         finally:
             producer.flush(30)
             consumer.close()  # leaves the group at once: its partitions move without a wait
             self._say(self.summary())
         return 0
+
+    def _measure_lag(self, consumer: Any) -> None:
+        """``stepcare_bridge_consumer_lag`` of the partitions assigned: end offset - committed
+        (what ``kafka-consumer-groups.sh --describe`` reports); left as it was if Kafka cannot
+        be asked now."""
+        from confluent_kafka import KafkaException
+
+        try:
+            assigned = consumer.assignment()
+            if not assigned:
+                return
+            lags = {}
+            for tp in consumer.committed(assigned, timeout=2):
+                end = consumer.get_watermark_offsets(tp, timeout=2, cached=False)[1]
+                lags[tp.partition] = max(0, end - max(tp.offset, 0))
+        except KafkaException:
+            return
+        self.metrics.set_lag(lags)
 
     def _next_batch(self, consumer: Any) -> list[Any]:
         from confluent_kafka import KafkaError
@@ -269,11 +296,14 @@ class LiveBridge:
 
         failed: list[str] = []
 
-        def delivered(counter: str, error: Any, msg: Any) -> None:
+        def delivered(counter: str, error: Any, msg: Any, reason: str | None = None) -> None:
             if error is not None:
                 failed.append(error.str())
             elif counter == "written":
                 self.written += 1
+                self.metrics.handled(PUBLISHED)
+            else:
+                self.metrics.handled(DEAD_LETTERED, reason)
 
         positions: dict[tuple[str, int], int] = {}
         for record in batch:
@@ -289,6 +319,7 @@ class LiveBridge:
                 result = AdapterError(PROCESSING_ERROR, f"{type(exc).__name__} in the adapter")
             if isinstance(result, Ignored):
                 self.ignored[f"{result.reason} {result.detail}"] += 1
+                self.metrics.handled(IGNORED)
             elif isinstance(result, AdapterError):
                 self.reasons[result.reason] += 1
                 self._say(
@@ -302,7 +333,7 @@ class LiveBridge:
                 )
                 produce(
                     producer, self.dead_letters, key=key, value=value, headers=dead_headers,
-                    on_delivery=lambda e, m: delivered("dead", e, m),
+                    on_delivery=partial(delivered, "dead", reason=result.reason),
                 )  # fmt: skip
             else:
                 produce(
@@ -352,11 +383,46 @@ def run_live(
     idle_timeout: float | None = None,
     report_every: float = REPORT_EVERY,
     fingerprint: str | None = None,
+    metrics_host: str = bridge_metrics.DEFAULT_HOST,
+    metrics_port: int = 0,
 ) -> int:
     """Run the bridge ``name`` on the broker of ``settings`` (or ``bootstrap_servers``), creating
     its missing topics: 0 after a clean stop (SIGTERM, Ctrl-C, ``max_messages``,
     ``idle_timeout``), 1 if a record could not be delivered. ``fingerprint``: the pseudonym
-    secret's, for the start line of an ``-in`` bridge."""
+    secret's, for the start line of an ``-in`` bridge. ``/metrics`` on ``metrics_host:
+    metrics_port`` (0: none), bound before anything else (``MetricsPortError`` if it cannot)."""
+    metrics = BridgeMetrics(name, kafka_reading=True)
+    server = bridge_metrics.serve(metrics, metrics_host, metrics_port)
+    try:
+        return _run_live(
+            name, convert, settings, source=source, target=target, dead_letters=dead_letters,
+            group=group, bootstrap_servers=bootstrap_servers, max_messages=max_messages,
+            idle_timeout=idle_timeout, report_every=report_every, fingerprint=fingerprint,
+            metrics=metrics, metrics_line="" if server is None else
+            f", metrics on http://{server.address[0]}:{server.address[1]}/metrics",
+        )  # fmt: skip
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _run_live(
+    name: str,
+    convert: Converter,
+    settings: Settings,
+    *,
+    source: str,
+    target: str,
+    dead_letters: str,
+    group: str,
+    bootstrap_servers: str | None,
+    max_messages: int | None,
+    idle_timeout: float | None,
+    report_every: float,
+    fingerprint: str | None,
+    metrics: BridgeMetrics,
+    metrics_line: str,
+) -> int:
     import signal
 
     connection = connection_config(settings, bootstrap_servers)
@@ -377,12 +443,12 @@ def run_live(
     bridge = LiveBridge(
         name, convert, source=source, target=target, dead_letters=dead_letters,
         consumer_config=consumer, producer_config=producer, max_messages=max_messages,
-        idle_timeout=idle_timeout, report_every=report_every,
+        idle_timeout=idle_timeout, report_every=report_every, metrics=metrics,
     )  # fmt: skip
     identity = "" if fingerprint is None else f", pseudonym secret {fingerprint}"
     _err(
         f"bridge {name}: {source} -> {target} (dead letters: {dead_letters}), "
-        f"group {group}{identity}"
+        f"group {group}{identity}{metrics_line}"
     )
     previous = {sig: signal.signal(sig, bridge.stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from streams.errors import StepcareError
+from streams.interfaces.bridge_metrics import DEAD_LETTERED, IGNORED, PUBLISHED, BridgeMetrics
 from streams.interfaces.errors import AdapterError, Ignored, breakdown
 from streams.interfaces.hl7 import ack_message
 from streams.interfaces.live import PROCESSING_ERROR, Output
@@ -161,7 +162,9 @@ class MllpBridge:
         err: IO[str] | None = None,
         clock: Callable[[], float] = time.time,
         producer_factory: Callable[[dict[str, Any]], Any] | None = None,
+        metrics: BridgeMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or BridgeMetrics(NAME, kafka_reading=False)
         self.convert, self.target, self.dead_letters = convert, target, dead_letters
         self.producer_config, self.limits = producer_config, limits
         self.dead_letter_limit = (
@@ -199,6 +202,7 @@ class MllpBridge:
             result = AdapterError(PROCESSING_ERROR, f"{type(exc).__name__} in the adapter")
         if isinstance(result, Ignored):
             self.ignored[f"{result.reason} {result.detail}"] += 1
+            self.metrics.handled(IGNORED)
             return Answer("AA")
         if isinstance(result, AdapterError):
             own = [
@@ -211,6 +215,7 @@ class MllpBridge:
             if failure is not None:
                 return self._refuse(failure, where)
             self.reasons[result.reason] += 1
+            self.metrics.handled(DEAD_LETTERED, result.reason)
             self._say(f"bridge {NAME}: dead letter: {result.reason} ({where})")
             return Answer("AE", f"{result.reason}: {result.detail}")
         failure = await self._deliver(
@@ -220,6 +225,7 @@ class MllpBridge:
         if failure is not None:
             return self._refuse(failure, where)
         self.written += 1
+        self.metrics.handled(PUBLISHED)
         return Answer("AA")
 
     def _refuse(self, why: str, where: str) -> Answer:
@@ -281,6 +287,7 @@ class MllpBridge:
                     self._say(f"bridge {NAME}: AR: message too large (connection {number}); "
                               "connection closed")  # fmt: skip
                     head = deframer.head()
+                    self.metrics.ack("AR")
                     writer.write(self._ack(head, Answer("AR", why)))
                     await self._drain(writer)
                     self.closed["message too large"] += 1
@@ -304,6 +311,7 @@ class MllpBridge:
                 connection.busy = True
                 messages += 1
                 answer = await self.answer(body, f"connection {number} message {messages}")
+                self.metrics.ack(answer.code)
                 writer.write(self._ack(body, answer))
                 await self._drain(writer)
                 connection.busy = False
@@ -450,34 +458,49 @@ def run_mllp(
     limits: Limits = Limits(),
     report_every: float = 60.0,
     fingerprint: str | None = None,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int = 0,
 ) -> int:
     """``stepcare bridge mllp-in`` on the broker of ``settings`` (or ``bootstrap_servers``),
-    creating its missing topics; the producer is the live bridges' (``stepcare publish``'s)."""
+    creating its missing topics; the producer is the live bridges' (``stepcare publish``'s).
+    ``/metrics`` on ``metrics_host:metrics_port`` (0: none), bound before anything else
+    (``MetricsPortError``, exit 2, if it cannot)."""
+    from streams.interfaces.bridge_metrics import serve
     from streams.kafka.client import SAFE_PRODUCER, connection_config, librdkafka_logger
     from streams.kafka.topics import create_topics, existing_topics
 
-    connection = connection_config(settings, bootstrap_servers)
-    logger = librdkafka_logger("bridge", settings.log_level)
-    admin, existing = existing_topics({**connection, "logger": logger})
-    missing = sorted({n for n in (target, dead_letters) if n not in existing})
-    create_topics(admin, settings, missing, keep=(target,))  # dead letters: default retention
-    del admin  # not kept open (nor logging librdkafka's lines) while the listener runs
-    if missing:
-        print(f"created topics {', '.join(missing)} ({settings.partitions} partitions)",
-              file=sys.stderr, flush=True)  # fmt: skip
-    producer = {
-        **connection,
-        **SAFE_PRODUCER,
-        "client.id": f"stepcare-bridge-{NAME}",
-        "message.timeout.ms": int(limits.delivery_timeout * 1000),
-        # One record in flight per connection, its sender waiting for the ACK: lingering for a
-        # batch would only delay each ACK (25 ms an ACK with stepcare publish's 20 ms).
-        "linger.ms": 0,
-        "logger": logger,
-    }
-    bridge = MllpBridge(
-        convert, target=target, dead_letters=dead_letters, producer_config=producer,
-        limits=limits, report_every=report_every,
-    )  # fmt: skip
-    bridge.identity = "" if fingerprint is None else f", pseudonym secret {fingerprint}"
-    return asyncio.run(bridge.serve(host, port))
+    metrics = BridgeMetrics(NAME, kafka_reading=False)
+    server = serve(metrics, metrics_host, metrics_port)
+    try:
+        connection = connection_config(settings, bootstrap_servers)
+        logger = librdkafka_logger("bridge", settings.log_level)
+        admin, existing = existing_topics({**connection, "logger": logger})
+        missing = sorted({n for n in (target, dead_letters) if n not in existing})
+        create_topics(admin, settings, missing, keep=(target,))  # dead letters: default retention
+        del admin  # not kept open (nor logging librdkafka's lines) while the listener runs
+        if missing:
+            print(f"created topics {', '.join(missing)} ({settings.partitions} partitions)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        producer = {
+            **connection,
+            **SAFE_PRODUCER,
+            "client.id": f"stepcare-bridge-{NAME}",
+            "message.timeout.ms": int(limits.delivery_timeout * 1000),
+            # One record in flight per connection, its sender waiting for the ACK: lingering for
+            # a batch would only delay each ACK (25 ms an ACK with stepcare publish's 20 ms).
+            "linger.ms": 0,
+            "logger": logger,
+        }
+        bridge = MllpBridge(
+            convert, target=target, dead_letters=dead_letters, producer_config=producer,
+            limits=limits, report_every=report_every, metrics=metrics,
+        )  # fmt: skip
+        bridge.identity = "" if fingerprint is None else f", pseudonym secret {fingerprint}"
+        if server is not None:
+            bridge.identity += (
+                f", metrics on http://{server.address[0]}:{server.address[1]}/metrics"
+            )
+        return asyncio.run(bridge.serve(host, port))
+    finally:
+        if server is not None:
+            server.close()

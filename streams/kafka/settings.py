@@ -149,6 +149,14 @@ class Settings:
         "worker checks at start that it can listen there.",
     )
     web_port: int = _setting(6066, "Port of the worker's web server.", (1, 65_535))
+    subscriber_groups: str = _setting(
+        "",
+        "Consumer groups of the escalations topic (scheduling systems) whose lag the worker "
+        "exports (comma-separated; empty: none).",
+    )
+    subscriber_lag_interval: int = _setting(
+        30, "Seconds between measurements of the subscribers' lag.", (1, 3_600)
+    )
     security_protocol: str = _setting(
         "PLAINTEXT", "Broker connection: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
@@ -227,6 +235,7 @@ class Settings:
                 f"{', '.join(LOG_LEVELS)}"
             )
         _check_bootstrap(self.bootstrap_servers)
+        self.subscribers()  # a malformed list stops here
         _check_name("app_id", self.app_id, MAX_APP_ID_LENGTH)
         topics = ("input_topic", "escalations_topic", "dead_letter_topic")
         for name in topics:
@@ -255,6 +264,19 @@ class Settings:
             raise SettingsError(
                 f"{env_name('web_host')}={self.web_host!r}: expected an IP address or a host name"
             ) from None
+
+    def subscribers(self) -> tuple[str, ...]:
+        """The consumer groups of ``subscriber_groups`` (none when it is empty)."""
+        if not self.subscriber_groups.strip():
+            return ()
+        groups = tuple(part.strip() for part in self.subscriber_groups.split(","))
+        for group in groups:
+            if not group or len(group) > 255 or not group.isprintable():
+                raise SettingsError(
+                    f"{env_name('subscriber_groups')}={self.subscriber_groups[:80]!r}: expected "
+                    "consumer group ids (printable, 1-255 characters), comma-separated"
+                )
+        return tuple(dict.fromkeys(groups))
 
     def sasl_secret(self) -> str:
         """The SASL password, from the setting or the file named by ``sasl_password_file``."""

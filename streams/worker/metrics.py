@@ -36,6 +36,10 @@ SUPPRESSIBLE = [Kind.TREATMENT_CHANGE_VISIT_DUE, Kind.POST_DISCHARGE_VISIT_DUE]
 CARE_STEPS = ["not_enrolled", "1", "2", "ended"]
 # Event-time lag: from a second (live feeds) to a day (a batch upload of yesterday's forms).
 LAG_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 10800, 21600, 43200, 86400)
+# The SLO (an escalation on its topic within 15 minutes of its trigger): 300 s and 900 s for
+# the objective and its variants, the rest to see how far off a miss is.
+DELAY_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 86400)
+LATE_TRIGGER = 86_400.0  # s: escalations triggered longer ago (backfills, replays): not observed
 
 
 def care_step_label(state: PatientState) -> str:
@@ -135,6 +139,34 @@ class WorkerMetrics:
             ["partition"],
             registry=registry,
         )
+        self.subscriber_lag = Gauge(
+            "stepcare_subscriber_lag",
+            "Escalations a subscriber group (STEPCARE_SUBSCRIBER_GROUPS) has not committed, per "
+            "partition of the escalations topic (end offset - committed offset).",
+            ["group", "partition"],
+            registry=registry,
+        )
+        self.subscriber_lag_seconds = Gauge(
+            "stepcare_subscriber_lag_seconds",
+            "Age of the oldest escalation a subscriber group has not committed (now - its record "
+            "timestamp); 0 when caught up.",
+            ["group"],
+            registry=registry,
+        )
+        self.escalation_delay = Histogram(
+            "stepcare_escalation_delay_seconds",
+            "Wall time the broker acknowledged an escalation minus its trigger time (the "
+            "triggering event's occurred_at, or the deadline that passed); triggers over 24 h "
+            "old are not observed (stepcare_escalations_late_trigger_total).",
+            buckets=DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.late_triggers = PromCounter(
+            "stepcare_escalations_late_trigger_total",
+            "Escalations acknowledged more than 24 h after their trigger time (backfills, "
+            "replays): not observed in stepcare_escalation_delay_seconds.",
+            registry=registry,
+        )
         self.build = Info("stepcare_build", "Versions and the policy in force.", registry=registry)
         self.build.info(
             {
@@ -159,6 +191,16 @@ class WorkerMetrics:
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         child.inc()
+
+    def escalation_acked(self, trigger_ms: int, acked_at: float) -> None:
+        """The broker acknowledged an escalation triggered at ``trigger_ms`` (Unix ms) at wall
+        time ``acked_at`` (Unix s). Thread-safe (at least once: librdkafka's delivery reports
+        are served in an executor thread)."""
+        delay = acked_at - trigger_ms / 1000
+        if delay > LATE_TRIGGER:
+            self.late_triggers.inc()
+        else:
+            self.escalation_delay.observe(max(0.0, delay))
 
     # -- the patient gauges --------------------------------------------------------------------
 

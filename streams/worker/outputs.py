@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -48,6 +50,10 @@ class Output:
     error: Any = field(default=_PENDING)  # None once acknowledged, else the error
     offset: int = -1  # at least once: its offset, once acknowledged
     ack: Any = None  # exactly once: the future of its acknowledgement
+    # Called with the wall time (Unix s) the broker acknowledged the record (at least once: in
+    # librdkafka's delivery report, served in an executor thread; exactly once: when the record
+    # is acknowledged inside its transaction, which commits within the commit interval).
+    on_ack: Callable[[float], None] | None = None
 
 
 class Outputs(Protocol):
@@ -78,6 +84,8 @@ class DeliveredOutputs:
         def delivered(error: Any, message: Any) -> None:
             if error is None:
                 output.offset = message.offset()
+                if output.on_ack is not None:
+                    output.on_ack(time.time())
             output.error = error
 
         output.error = _PENDING
@@ -139,6 +147,11 @@ class TransactionalOutputs:
             output.headers,
             transactional_id=transaction,
         )
+        on_ack = output.on_ack
+        if on_ack is not None:
+            output.ack.add_done_callback(
+                lambda ack: None if ack.cancelled() or ack.exception() else on_ack(time.time())
+            )
         return output if wait else None
 
     async def until_acknowledged(self, outputs: list[Output]) -> BaseException | None:

@@ -28,6 +28,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
 import faust
@@ -412,6 +413,7 @@ class Monitor:
                 # log.message.timestamp.after.max.ms): never later than now. ce_time keeps
                 # the escalation's own time. Before 1970: the broker's time (as faust did).
                 max(0, min(escalation.occurred_at, now_ms)) or None,
+                on_ack=partial(self.metrics.escalation_acked, escalation.occurred_at),
             )
             self.metrics.count(self.metrics.escalations, str(escalation.kind))
 
@@ -425,11 +427,12 @@ class Monitor:
         timestamp_ms: int | None = None,
         *,
         confirm: bool = False,
+        on_ack: Callable[[float], None] | None = None,
     ) -> None:
         """Send a record caused by ``message``; the batch waits for its ack if need be
         (at_least_once: every record; exactly_once: only a ``confirm`` one, a dead letter)."""
         source = (message.partition, message.offset)
-        output = Output(topic, key, value, headers, timestamp_ms, source)
+        output = Output(topic, key, value, headers, timestamp_ms, source, on_ack=on_ack)
         waited = await self.outputs.send(output, message.topic, confirm or self.wait_for_acks)
         if waited is not None:
             self.batch.outputs.append(waited)

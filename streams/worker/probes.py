@@ -1,12 +1,22 @@
-"""Beside the agent: :class:`LagProbe` measures the consumer lag, :class:`Ticker` appends
-wall-clock ticks to the input partitions (clock = "wall")."""
+"""Beside the agent: :class:`LagProbe` measures the consumer lag, :class:`SubscriberLagProbe`
+the lag of the escalations' subscribers, :class:`Ticker` appends wall-clock ticks to the input
+partitions (clock = "wall"). The probes block: the worker calls them in an executor thread."""
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.clinical.events import format_time
 from streams.formats.avro import encode_event
@@ -45,6 +55,100 @@ class LagProbe:
         except KafkaException as exc:
             log.warning("consumer lag not measured: %s", error_text(exc))
             return {}
+
+
+ADMIN_TIMEOUT = 10.0  # seconds an admin request of the subscriber probe may take
+READ_TIMEOUT = 5.0  # seconds the probe may spend reading the oldest uncommitted escalations
+
+
+@dataclass(frozen=True)
+class SubscriberLag:
+    """One group's lag on the escalations topic: records per partition, and the age (seconds)
+    of the oldest escalation it has not committed (0 when caught up)."""
+
+    records: dict[int, int]
+    seconds: float
+
+
+class SubscriberLagProbe:
+    """The lag of consumer groups that read the escalations topic (the scheduling systems), as
+    ``kafka-consumer-groups.sh --describe`` computes it: log-end offset - the group's committed
+    offset; a partition the group has not committed: its whole length (end - start)."""
+
+    def __init__(self, settings: Settings, groups: tuple[str, ...]) -> None:
+        self.topic = settings.escalations_topic
+        self.groups = groups
+        self.config = settings.confluent_config()
+        self.admin: AdminClient | None = None
+
+    def measure(self, now: float | None = None) -> dict[str, SubscriberLag]:
+        """Each group's lag; {} when the broker cannot be asked (logged)."""
+        try:
+            return self._measure(time.time() if now is None else now)
+        except KafkaException as exc:
+            log.warning("subscriber lag not measured: %s", error_text(exc))
+            return {}
+
+    def _measure(self, now: float) -> dict[str, SubscriberLag]:
+        if self.admin is None:
+            self.admin = AdminClient(self.config)
+        admin = self.admin
+        # All topics: a metadata request naming the topic may make the broker create it.
+        metadata = admin.list_topics(timeout=ADMIN_TIMEOUT).topics.get(self.topic)
+        if metadata is None or metadata.error is not None:
+            return {}
+        tps = [TopicPartition(self.topic, p) for p in sorted(metadata.partitions)]
+        ends = self._offsets(admin, tps, OffsetSpec.latest())
+        starts = self._offsets(admin, tps, OffsetSpec.earliest())
+        result = {}
+        for group in self.groups:
+            request = [ConsumerGroupTopicPartitions(group, tps)]
+            future = admin.list_consumer_group_offsets(request)[group]
+            committed = {
+                tp.partition: tp.offset
+                for tp in future.result(timeout=ADMIN_TIMEOUT).topic_partitions
+            }
+            # Where the group reads next: its committed offset, or the start of the partition.
+            positions = {p: committed[p] if committed.get(p, -1) >= 0 else starts[p] for p in ends}
+            records = {p: max(0, ends[p] - positions[p]) for p in ends}
+            behind = {p: positions[p] for p, n in records.items() if n > 0}
+            oldest = self._oldest_timestamp(behind) if behind else None
+            seconds = 0.0 if oldest is None else max(0.0, now - oldest / 1000)
+            result[group] = SubscriberLag(records, seconds)
+        return result
+
+    def _offsets(
+        self, admin: AdminClient, tps: list[TopicPartition], spec: OffsetSpec
+    ) -> dict[int, int]:
+        futures = admin.list_offsets({tp: spec for tp in tps}, request_timeout=ADMIN_TIMEOUT)
+        return {tp.partition: f.result(timeout=ADMIN_TIMEOUT).offset for tp, f in futures.items()}
+
+    def _oldest_timestamp(self, positions: dict[int, int]) -> int | None:
+        """The smallest record timestamp (ms) at ``positions`` (partition -> offset), read with
+        a consumer of its own, for at most :data:`READ_TIMEOUT` seconds; None if none read (an
+        offset on a transaction marker holds no record)."""
+        consumer = Consumer({**self.config, "group.id": f"stepcare-lag-probe-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "isolation.level": "read_uncommitted",
+                             "enable.partition.eof": True})  # fmt: skip
+        try:
+            consumer.assign([TopicPartition(self.topic, p, o) for p, o in positions.items()])
+            waiting = set(positions)
+            oldest: int | None = None
+            deadline = time.monotonic() + READ_TIMEOUT
+            while waiting and time.monotonic() < deadline:
+                message = consumer.poll(0.2)
+                if message is None:
+                    continue
+                partition = message.partition()
+                if partition not in waiting:
+                    continue
+                waiting.discard(partition)  # its first record, or its end
+                if message.error() is None:
+                    stamp = message.timestamp()[1]
+                    oldest = stamp if oldest is None else min(oldest, stamp)
+            return oldest
+        finally:
+            consumer.close()
 
 
 class Ticker:

@@ -36,6 +36,51 @@ class _Worker(faust.Worker):
 QUIET_LIBRARIES = ("aiokafka", "faust", "mode", "kafka", "confluent_kafka", "rocksdict")
 
 
+class ExpectedAtStart(logging.Filter):
+    """On aiokafka's group coordinator logger: lowers to INFO the two messages it logs at a
+    clean start, before the worker first joins its consumer group, for what is expected there
+    and retried by aiokafka itself:
+
+    - ``[ERROR] Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError``:
+      the group's coordinator is still being set up (on a fresh broker, ``__consumer_offsets``
+      is created on first use); aiokafka asks again after its backoff;
+    - ``[WARNING] Marking the coordinator dead (node N)for group G.``: the first JoinGroup
+      answered that the coordinator is not ready yet (``NOT_COORDINATOR`` or
+      ``COORDINATOR_NOT_AVAILABLE``); aiokafka looks it up again and joins.
+
+    Once ``Joined group`` is logged, both keep their level (after a join they mean a coordinator
+    lost), as every other message of the logger always does."""
+
+    LOGGER = "aiokafka.consumer.group_coordinator"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.joined = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Joined group '%s' (generation %s) with member_id %s":
+            self.joined = True
+        elif record.levelno > logging.INFO and not self.joined and self._expected(record):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+    @staticmethod
+    def _expected(record: logging.LogRecord) -> bool:
+        from aiokafka.errors import GroupCoordinatorNotAvailableError
+
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.msg == "Group Coordinator Request failed: %s":
+            return len(args) == 1 and isinstance(args[0], GroupCoordinatorNotAvailableError)
+        return record.msg == "Marking the coordinator dead (node %s)for group %s."
+
+
+def demote_expected_messages() -> None:
+    """Install :class:`ExpectedAtStart` on aiokafka's group coordinator logger (idempotent)."""
+    logger = logging.getLogger(ExpectedAtStart.LOGGER)
+    if not any(isinstance(f, ExpectedAtStart) for f in logger.filters):
+        logger.addFilter(ExpectedAtStart())
+
+
 CLEAN_STOP = "clean-stop"  # in the data dir while no worker runs on it after a clean stop
 
 
@@ -140,6 +185,7 @@ def run(app: faust.App, settings: Settings) -> int:
     if settings.store.startswith("rocksdb://"):
         forget_stale_tables(settings)
     quiet = {name: {"level": "INFO"} for name in QUIET_LIBRARIES}
+    demote_expected_messages()
     worker = _Worker(
         app,
         loglevel=settings.log_level.upper(),

@@ -174,6 +174,8 @@ class Bridge:
         env = {k: v for k, v in os.environ.items() if k != SECRET_FILE_ENV}
         env |= {SECRET_ENV: SECRET.decode(), "PYTHONPATH": str(REPO)}
         command = [sys.executable, "-m", "streams.cli", "bridge", name, *options]
+        if "--metrics-port" not in options:  # no fixed port: tests may run side by side
+            command += ["--metrics-port", "0"]
         command += ["--bootstrap-servers", bootstrap, "--group", f"bridge-{uuid.uuid4().hex}"]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
@@ -429,6 +431,9 @@ class FakeConsumer:
     def consume(self, num_messages: int, timeout: float) -> list[FakeRecord]:
         taken, self.pending = self.pending[:num_messages], self.pending[num_messages:]
         return taken
+
+    def assignment(self) -> list[TopicPartition]:
+        return []  # the lag is not measured
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         assert not asynchronous

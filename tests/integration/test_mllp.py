@@ -70,6 +70,8 @@ class Listener:
         command = [sys.executable, "-m", "streams.cli", "bridge", "mllp-in", "--port", "0",
                    "--bootstrap-servers", bootstrap, "--to-topic", self.events,
                    "--dead-letter-topic", self.dead_letters, *options]  # fmt: skip
+        if "--metrics-port" not in options:  # no fixed port: tests may run side by side
+            command += ["--metrics-port", "0"]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
         deadline = time.monotonic() + WAIT

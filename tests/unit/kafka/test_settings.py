@@ -178,3 +178,15 @@ def test_registry_client_config_carries_basic_auth_and_tls(tmp_path: Path) -> No
     assert config["url"] == "https://registry.hospital:8443/apis/ccompat/v7"
     assert config["basic.auth.user.info"] == "stepcare:r3g"
     assert config["ssl.ca.location"] == str(ca)
+
+
+def test_subscriber_groups_are_a_comma_separated_list() -> None:
+    assert Settings().subscribers() == ()
+    assert Settings(subscriber_groups=" sched-a, sched.b ,sched-a").subscribers() == (
+        "sched-a",
+        "sched.b",
+    )
+    for bad in ("a,,b", "a,", "a,\tb\x00"):
+        with pytest.raises(SettingsError) as raised:
+            Settings(subscriber_groups=bad)
+        assert str(raised.value).startswith("STEPCARE_SUBSCRIBER_GROUPS=")

@@ -396,3 +396,67 @@ def test_a_rebalance_that_begins_mid_batch_leaves_the_rest_of_it_unacknowledged(
     acked, records = asyncio.run(scenario())
     assert acked == [1]  # p2's record is delivered again after the rebalance
     assert records == [("esc", b"p1")]
+
+
+# --- the SLO histogram: an escalation is observed once, when the broker has acknowledged it
+
+TRIGGER = 1_704_099_600.0  # 2024-01-01T09:00:00Z, the ENROLLED events' occurred_at
+
+
+def delays(watcher: Monitor) -> tuple[float | None, float | None, float | None]:
+    metrics = watcher.metrics
+    samples = {
+        sample.name: sample.value
+        for metric in (metrics.escalation_delay, metrics.late_triggers)
+        for family in metric.collect()
+        for sample in family.samples
+    }
+    return (
+        samples["stepcare_escalation_delay_seconds_count"],
+        samples["stepcare_escalation_delay_seconds_sum"],
+        samples["stepcare_escalations_late_trigger_total"],
+    )
+
+
+def test_at_least_once_an_escalation_is_observed_when_its_ack_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outputs, "RESEND_PAUSE", 0.0)
+    clock = {"now": TRIGGER + 40}
+    monkeypatch.setattr(outputs, "time", SimpleNamespace(time=lambda: clock["now"]))
+
+    async def scenario() -> list[tuple[float | None, float | None, float | None]]:
+        watcher, broker = monitor(FakeTable())
+        seen = []
+        handling = asyncio.ensure_future(handled(watcher, [FakeEvent(7, [])]))
+        await until(lambda: len(broker.records) == 1)
+        broker.fates[0] = "Local: Message timed out"  # failed: not observed
+        await until(lambda: len(broker.records) == 2)
+        seen.append(delays(watcher))
+        clock["now"] = TRIGGER + 42
+        broker.fates[1] = None
+        await handling
+        seen.append(delays(watcher))
+        return seen
+
+    assert asyncio.run(scenario()) == [(0, 0, 0), (1, 42, 0)]
+
+
+def test_exactly_once_an_escalation_is_observed_when_acknowledged_in_its_transaction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outputs, "time", SimpleNamespace(time=lambda: TRIGGER + 86_401))
+
+    async def scenario() -> list[tuple[float | None, float | None, float | None]]:
+        app = FakeApp()
+        watcher = exactly_once_monitor(FakeTable(), app)
+        await watcher.handle_batch([FakeEvent(1, [], "p1"), FakeEvent(2, [], "p2")])
+        seen = [delays(watcher)]  # acknowledged batch, escalations not yet acked: nothing
+        app.acks[0].set_result(None)
+        app.acks[1].set_exception(RuntimeError("aborted"))  # never observed
+        await asyncio.sleep(0)
+        seen.append(delays(watcher))
+        return seen
+
+    # Acked over 24 h after its trigger: a late trigger, not an observation.
+    assert asyncio.run(scenario()) == [(0, 0, 0), (0, 0, 1)]

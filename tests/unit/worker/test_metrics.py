@@ -123,3 +123,27 @@ def test_a_rebuilt_partition_replaces_its_census(
         rebuilt.add(state)
     metrics.replace_census(3, rebuilt)
     assert [sample(registry, "stepcare_patients", care_step=s) for s in CARE_STEPS] == [0, 2, 0, 1]
+
+
+def test_escalation_delays_fall_in_exact_buckets_and_old_triggers_are_only_counted(
+    registry: CollectorRegistry, metrics: WorkerMetrics
+) -> None:
+    trigger_ms = 1_700_000_000_000
+    for delay in (-3.0, 0.5, 60.0, 299.0, 300.0, 900.0, 901.0, 86_400.0, 86_400.5, 10**7):
+        metrics.escalation_acked(trigger_ms, trigger_ms / 1000 + delay)
+
+    def bucket(le: str) -> float | None:
+        return sample(registry, "stepcare_escalation_delay_seconds_bucket", le=le)
+
+    # -3 (a clock behind the trigger's) counts as 0; 86400.5 and 10^7 are late triggers.
+    assert [bucket(le) for le in ("1.0", "60.0", "300.0", "900.0", "1800.0", "86400.0")] == [
+        2, 3, 5, 6, 7, 8,
+    ]  # fmt: skip
+    assert bucket("+Inf") == 8
+    assert sample(registry, "stepcare_escalation_delay_seconds_count") == 8
+    assert sample(registry, "stepcare_escalation_delay_seconds_sum") == (
+        0.5 + 60 + 299 + 300 + 900 + 901 + 86_400
+    )
+    assert sample(registry, "stepcare_escalations_late_trigger_total") == 2
+    for le in ("60.0", "300.0", "900.0", "1800.0", "3600.0"):  # the SLO's buckets
+        assert bucket(le) is not None
