@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from typing import Any
 
@@ -38,18 +40,26 @@ from streams.worker import faust_patches
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.outputs import DeliveredOutputs, Outputs, TransactionalOutputs
 from streams.worker.pipeline import Monitor
-from streams.worker.probes import LagProbe, Ticker
+from streams.worker.probes import CatchUp, LagProbe, Ticker
 from streams.worker.states import TABLE
 
 LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
+CATCH_UP_INTERVAL = 1.0  # seconds between checks of a replay run's committed offsets
 
 
 def build(
-    settings: Settings, policy: Policy | None = None, framing: Framing | None = None
+    settings: Settings,
+    policy: Policy | None = None,
+    framing: Framing | None = None,
+    *,
+    web: bool = True,
+    catch_up: CatchUp | None = None,
 ) -> faust.App:
     """The worker's Faust app, configured from ``settings``. ``framing``: how escalations are
     written and registry-framed input read (default: as the settings say; with the registry
-    framing that registers the schemas, ``streams.kafka.registry.framing_for``)."""
+    framing that registers the schemas, ``streams.kafka.registry.framing_for``). ``web``:
+    serve /metrics, /health and /ready (False: no web server, a replay run's default).
+    ``catch_up``: stop the worker (cleanly, as on SIGTERM) once it says the run caught up."""
     policy = policy or resolve_policy(settings.policy)
     if framing is None:
         framing = framing_for(
@@ -73,7 +83,7 @@ def build(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
-        web_enabled=True,
+        web_enabled=web,
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
@@ -146,6 +156,17 @@ def build(
         lags = await asyncio.get_running_loop().run_in_executor(None, lag_probe.measure, owned)
         for partition in range(settings.partitions):
             metrics.consumer_lag.labels(str(partition)).set(lags.get(partition, 0))
+
+    if catch_up is not None:
+
+        @app.timer(CATCH_UP_INTERVAL, on_leader=False)
+        async def until_caught_up() -> None:
+            if catch_up.done:
+                return
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(None, catch_up.check):
+                catch_up.close()
+                os.kill(os.getpid(), signal.SIGTERM)  # the clean stop of SIGTERM: exit 0
 
     if settings.clock == "wall":
         ticker = Ticker(settings)
