@@ -180,13 +180,18 @@ def test_one_log_under_two_policies_gives_the_numbers_worked_out_by_hand(
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{log}: record 16: " in err
     assert err.strip().splitlines()[-1].startswith("compared 2 policy runs over 21 events (1 log)")
-    # The terminal table: one column per policy.
+    # The terminal table: one column per policy (A, B), then B/A.
+    header, *_ = out.splitlines()
+    assert re.split(r"\s{2,}", header.strip()) == ["A: step-pc-2024", "B: early-pc", "B/A"]
     lines = {re.split(r"\s{2,}", line.strip())[0]: line.split() for line in out.splitlines()}
-    assert lines["visit requests/patient < wk 24"][-2:] == ["2.00", "1.75"]
-    assert lines["visits done/patient < wk 4"][-2:] == ["0.50", "0.50"]
-    assert lines["stepped up"][-4:] == ["2", "(50.0%)", "0", "(0.0%)"]
-    assert lines["days to step-up, median [Q1-Q3]"][-3:] == ["37.0", "[35.5-38.5]", "-"]
-    assert lines["VISIT_OVERDUE"][-2:] == ["3", "4"]
+    assert lines["events (rejected)"][-5:] == ["21", "(1)", "21", "(1)", "1.00"]
+    assert lines["visit requests/patient < wk 24"][-3:] == ["2.00", "1.75", "0.88"]
+    assert lines["visits done/patient < wk 4"][-3:] == ["0.50", "0.50", "1.00"]
+    assert lines["stepped up"][-5:] == ["2", "(50.0%)", "0", "(0.0%)", "0.00"]
+    assert lines["days to step-up, median [Q1-Q3]"][-4:] == ["37.0", "[35.5-38.5]", "-", "-"]
+    assert lines["VISIT_OVERDUE"][-3:] == ["3", "4", "1.33"]
+    assert lines["STEP_UP"][-3:] == ["2", "0", "0.00"]
+    assert lines["policy"][-4:] == ["step-pc-2024", "v1", "early-pc", "v1"]  # no ratio of names
 
 
 def test_paired_inputs_run_each_log_under_its_own_policy(log: Path, tmp_path: Path) -> None:
