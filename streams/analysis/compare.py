@@ -43,6 +43,7 @@ class Run:
     visits: list[tuple[str, int]] = field(default_factory=list)
     step_ups: dict[str, int] = field(default_factory=dict)
     suppressed: int = 0
+    by_patient: Counter[str] = field(default_factory=Counter)  # escalations per patient
 
     def __post_init__(self) -> None:
         self.engine = PartitionEngine(self.policy)
@@ -68,6 +69,7 @@ class Run:
     def note(self, escalation: Escalation) -> None:
         kind, patient = escalation.kind, escalation.patient_id
         self.kinds[kind] += 1
+        self.by_patient[patient] += 1
         if kind is Kind.INITIAL_VISIT_DUE:
             self.enrolled.setdefault(patient, escalation.occurred_at)
         if kind in VISIT_REQUEST_KINDS:
@@ -274,6 +276,41 @@ def write_csv(path: str, rows: list[dict[str, object]]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if v is None else _csv_value(v) for k, v in row.items()})
+
+
+PER_PATIENT_COLUMNS = ("escalations", "visit_requests", "visits_completed")
+
+
+def per_patient_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[object]]]:
+    """(header, rows) of the per-patient table: one row per patient any run saw (enrolled, or
+    with an escalation or a completed visit), by patient id; per run (``<label>:<column>``):
+    its escalations of every kind, its visit requests (the five request kinds) and the
+    completed visits it applied, over the whole log (no week limit)."""
+    header = ["patient_id"]
+    counts = []
+    for run in runs:
+        header += [f"{run.label}:{column}" for column in PER_PATIENT_COLUMNS]
+        requests = Counter(patient for patient, _ in run.requests)
+        visits = Counter(patient for patient, _ in run.visits)
+        counts.append((run.by_patient, requests, visits))
+    patients = sorted(
+        {p for run in runs for p in (*run.enrolled, *run.by_patient)}
+        | {p for run in runs for p, _ in run.visits}
+    )
+    rows = [[patient, *(c[patient] for tallies in counts for c in tallies)] for patient in patients]
+    return header, rows
+
+
+def write_per_patient(path: str, runs: Sequence[Run]) -> int:
+    """The per-patient table as CSV; returns the number of patients."""
+    from streams.formats.files import open_text_output
+
+    header, rows = per_patient_rows(runs)
+    with open_text_output(path) as fo:
+        writer = csv.writer(fo, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return len(rows)
 
 
 def _csv_value(value: object) -> object:
