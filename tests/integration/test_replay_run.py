@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,12 @@ def test_a_replay_run_caught_up_exported_diffed_and_deleted(
     deployment.publish([orjson.loads(line) for line in cohort.read_bytes().splitlines()],
                        until=UNTIL)  # fmt: skip
 
-    # The replay run ends by itself once caught up, with no web server (no port needed).
-    run = stepcare(deployment, "worker", "--replay", "t1", "--until-caught-up")
+    # The replay run ends by itself once caught up, with no web server: it starts while the
+    # live worker's port (STEPCARE_WEB_PORT) is taken, as beside a live worker on one host.
+    with socket.socket() as live_port:
+        live_port.bind(("127.0.0.1", int(deployment.env["STEPCARE_WEB_PORT"])))
+        live_port.listen()
+        run = stepcare(deployment, "worker", "--replay", "t1", "--until-caught-up")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "no web server" in run.stderr
     assert "caught up: " in run.stderr and " processed and committed in " in run.stderr
