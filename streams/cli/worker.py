@@ -81,6 +81,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         bar = Progress(lambda done, rate, share: progress_text(total, done, rate, share),
                        total=total)  # fmt: skip
         catch_up.progress, catch_up.finish = (lambda done: bar.update(done, done)), bar.clear
+        if catch_up.done:  # an empty input topic: nothing to wait for
+            report(catch_up.summary())
+            return 0
         report(f"replay run {args.replay!r}: {catch_up.total:,} records to process "
                f"({settings.input_topic}, end offsets at start)")  # fmt: skip
     app = worker_app.build(settings, policy, framing, web=web_port is not None,

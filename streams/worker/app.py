@@ -158,13 +158,15 @@ def build(
             metrics.consumer_lag.labels(str(partition)).set(lags.get(partition, 0))
 
     if catch_up is not None:
+        stopping = asyncio.Event()
 
         @app.timer(CATCH_UP_INTERVAL, on_leader=False)
         async def until_caught_up() -> None:
-            if catch_up.done:
+            if stopping.is_set():
                 return
             loop = asyncio.get_running_loop()
             if await loop.run_in_executor(None, catch_up.check):
+                stopping.set()
                 catch_up.close()
                 os.kill(os.getpid(), signal.SIGTERM)  # the clean stop of SIGTERM: exit 0
 
