@@ -12,9 +12,10 @@ import csv
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from streams.clinical.engine import Outcome
 from streams.clinical.escalations import VISIT_REQUEST_KINDS, Escalation, Kind
@@ -42,6 +43,7 @@ class Run:
     visits: list[tuple[str, int]] = field(default_factory=list)
     step_ups: dict[str, int] = field(default_factory=dict)
     suppressed: int = 0
+    by_patient: Counter[str] = field(default_factory=Counter)  # escalations per patient
 
     def __post_init__(self) -> None:
         self.engine = PartitionEngine(self.policy)
@@ -67,6 +69,7 @@ class Run:
     def note(self, escalation: Escalation) -> None:
         kind, patient = escalation.kind, escalation.patient_id
         self.kinds[kind] += 1
+        self.by_patient[patient] += 1
         if kind is Kind.INITIAL_VISIT_DUE:
             self.enrolled.setdefault(patient, escalation.occurred_at)
         if kind in VISIT_REQUEST_KINDS:
@@ -178,21 +181,26 @@ def _labels(pairs: list[tuple[str, Policy]], *, paired: bool) -> list[str]:
 
 
 def table(rows: list[dict[str, object]], weeks: Sequence[float]) -> str:
-    """The terminal table: one column per run, one line per number."""
-    lines: list[tuple[str, list[str]]] = [
-        ("policy", [f"{r['policy_id']} v{r['policy_version']}" for r in rows]),
-        ("input", [Path(str(r["input"])).name for r in rows]),
-        ("events (rejected)", [f"{r['events']} ({r['rejected']})" for r in rows]),
-        ("patients enrolled", [str(r["patients"]) for r in rows]),
-    ]
+    """The terminal table: one column per run, one line per number. With two runs or more, the
+    runs are lettered A, B, ... and a column B/A per run after the first gives its number over
+    run A's, on every line that counts something ("-" where A's is 0 or missing)."""
+    Line = tuple[str, list[str], list[object]]  # name, cells, the numbers the ratios divide
+    lines: list[Line] = [
+        ("policy", [f"{r['policy_id']} v{r['policy_version']}" for r in rows], []),
+        ("input", [Path(str(r["input"])).name for r in rows], []),
+        ("events (rejected)", [f"{r['events']} ({r['rejected']})" for r in rows],
+         [r["events"] for r in rows]),
+        ("patients enrolled", [str(r["patients"]) for r in rows], [r["patients"] for r in rows]),
+    ]  # fmt: skip
     for week in weeks:
         key = f"visit_requests_per_patient_wk{_week(week)}"
-        lines.append((f"visit requests/patient < wk {_week(week)}", [_num(r[key]) for r in rows]))
+        lines.append(_line(f"visit requests/patient < wk {_week(week)}", rows, key, _num))
     for week in weeks:
         key = f"visits_completed_per_patient_wk{_week(week)}"
-        lines.append((f"visits done/patient < wk {_week(week)}", [_num(r[key]) for r in rows]))
+        lines.append(_line(f"visits done/patient < wk {_week(week)}", rows, key, _num))
     lines += [
-        ("stepped up", [_share(r["stepped_up"], r["stepped_up_share"]) for r in rows]),
+        ("stepped up", [_share(r["stepped_up"], r["stepped_up_share"]) for r in rows],
+         [r["stepped_up"] for r in rows]),
         (
             "days to step-up, median [Q1-Q3]",
             [
@@ -202,22 +210,54 @@ def table(rows: list[dict[str, object]], weeks: Sequence[float]) -> str:
                 f"[{r['step_up_days_q1']:.1f}-{r['step_up_days_q3']:.1f}]"
                 for r in rows
             ],
+            [r["step_up_days_median"] for r in rows],
         ),
-        ("overdue surveys", [str(r["survey_overdue"]) for r in rows]),
-        ("overdue visits", [str(r["visit_overdue"]) for r in rows]),
-        ("suppressed triggers", [str(r["suppressed"]) for r in rows]),
-        ("escalations by kind", [""] * len(rows)),
-    ]
-    lines += [(f"  {kind}", [str(r[f"escalations_{kind}"]) for r in rows]) for kind in Kind]
-    everything = [("", [str(r["label"]) for r in rows]), *lines]
+        _line("overdue surveys", rows, "survey_overdue", str),
+        _line("overdue visits", rows, "visit_overdue", str),
+        _line("suppressed triggers", rows, "suppressed", str),
+        ("escalations by kind", [""] * len(rows), []),
+    ]  # fmt: skip
+    lines += [_line(f"  {kind}", rows, f"escalations_{kind}", str) for kind in Kind]
+    header = [str(r["label"]) for r in rows]
+    if len(rows) > 1:  # runs named A, B, C ... (then AA, AB ...) so the ratio columns are short
+        header = [f"{_letter(i)}: {label}" for i, label in enumerate(header)]
+        header += [f"{_letter(i)}/A" for i in range(1, len(rows))]
+        lines = [
+            (name, cells + ([_ratio(v, values[0]) for v in values[1:]] if values
+                            else [""] * (len(rows) - 1)), values)
+            for name, cells, values in lines
+        ]  # fmt: skip
+    everything = [("", header), *((name, cells) for name, cells, _ in lines)]
     width = max(len(name) for name, _ in everything)
-    cols = [max(len(cells[i]) for _, cells in everything) for i in range(len(rows))]
+    cols = [max(len(cells[i]) for _, cells in everything) for i in range(len(header))]
     out = []
     for name, cells in everything:
         out.append(
             f"{name:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols, strict=True))
         )
     return "\n".join(line.rstrip() for line in out) + "\n"
+
+
+def _line(
+    name: str, rows: list[dict[str, object]], key: str, text: Callable[[Any], str]
+) -> tuple[str, list[str], list[object]]:
+    return name, [text(r[key]) for r in rows], [r[key] for r in rows]
+
+
+def _letter(index: int) -> str:
+    return chr(65 + index) if index < 26 else _letter(index // 26 - 1) + chr(65 + index % 26)
+
+
+def ratio(value: object, base: object) -> float | None:
+    """value / base; None where either is missing or base is 0."""
+    if not isinstance(value, int | float) or not isinstance(base, int | float) or base == 0:
+        return None
+    return value / base
+
+
+def _ratio(value: object, base: object) -> str:
+    found = ratio(value, base)
+    return "-" if found is None else f"{found:.2f}"
 
 
 def _num(value: object) -> str:
@@ -236,6 +276,41 @@ def write_csv(path: str, rows: list[dict[str, object]]) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if v is None else _csv_value(v) for k, v in row.items()})
+
+
+PER_PATIENT_COLUMNS = ("escalations", "visit_requests", "visits_completed")
+
+
+def per_patient_rows(runs: Sequence[Run]) -> tuple[list[str], list[list[object]]]:
+    """(header, rows) of the per-patient table: one row per patient any run saw (enrolled, or
+    with an escalation or a completed visit), by patient id; per run (``<label>:<column>``):
+    its escalations of every kind, its visit requests (the five request kinds) and the
+    completed visits it applied, over the whole log (no week limit)."""
+    header = ["patient_id"]
+    counts = []
+    for run in runs:
+        header += [f"{run.label}:{column}" for column in PER_PATIENT_COLUMNS]
+        requests = Counter(patient for patient, _ in run.requests)
+        visits = Counter(patient for patient, _ in run.visits)
+        counts.append((run.by_patient, requests, visits))
+    patients = sorted(
+        {p for run in runs for p in (*run.enrolled, *run.by_patient)}
+        | {p for run in runs for p, _ in run.visits}
+    )
+    rows = [[patient, *(c[patient] for tallies in counts for c in tallies)] for patient in patients]
+    return header, rows
+
+
+def write_per_patient(path: str, runs: Sequence[Run]) -> int:
+    """The per-patient table as CSV; returns the number of patients."""
+    from streams.formats.files import open_text_output
+
+    header, rows = per_patient_rows(runs)
+    with open_text_output(path) as fo:
+        writer = csv.writer(fo, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return len(rows)
 
 
 def _csv_value(value: object) -> object:

@@ -50,6 +50,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "streams.cli.worker",
         "the Faust worker: patient events in, escalations and dead letters out",
     ),
+    "replay-run": (
+        "streams.cli.replay_run",
+        "a worker's replay run: export its escalations, diff them with offline replay, delete it",
+    ),
     "topics": (
         "streams.cli.topics",
         "create the topics (partitions, replication from the settings)",

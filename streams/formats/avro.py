@@ -759,6 +759,21 @@ def write_avro_log(path: str | Path | IO[bytes], objs: Iterable[dict[str, Any]])
     return count
 
 
+def write_escalation_log(fo: IO[bytes], objs: Iterable[dict[str, Any]]) -> int:
+    """Write JSON-rendering escalations as a deflated container file of the current
+    Escalation schema; returns the record count (EventError if one cannot be encoded)."""
+    count = 0
+
+    def records() -> Iterator[dict[str, Any]]:
+        nonlocal count
+        for obj in objs:
+            count += 1
+            yield _ESCALATION.read(encode_escalation(obj))
+
+    fastavro.writer(fo, _ESCALATION.full_schema, records(), codec="deflate")
+    return count
+
+
 # -- field checks ---------------------------------------------------------------------------------
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from typing import Any
 
@@ -38,10 +40,11 @@ from streams.worker import faust_patches
 from streams.worker.metrics import WorkerMetrics
 from streams.worker.outputs import DeliveredOutputs, Outputs, TransactionalOutputs
 from streams.worker.pipeline import Monitor
-from streams.worker.probes import LagProbe, SubscriberLagProbe, Ticker
+from streams.worker.probes import CatchUp, LagProbe, SubscriberLagProbe, Ticker
 from streams.worker.states import TABLE
 
 LAG_INTERVAL = 5.0  # seconds between consumer-lag measurements
+CATCH_UP_INTERVAL = 1.0  # seconds between checks of a replay run's committed offsets
 # Seconds after a wall-clock tick before the lag is measured. The tick appends one record per
 # partition, which the worker commits within the commit interval (1 s); measured at once (both
 # timers fire together: 60 s is 12 x 5 s) the gauge read 1 per partition every minute while
@@ -50,11 +53,18 @@ TICK_SETTLE = 2.5
 
 
 def build(
-    settings: Settings, policy: Policy | None = None, framing: Framing | None = None
+    settings: Settings,
+    policy: Policy | None = None,
+    framing: Framing | None = None,
+    *,
+    web: bool = True,
+    catch_up: CatchUp | None = None,
 ) -> faust.App:
     """The worker's Faust app, configured from ``settings``. ``framing``: how escalations are
     written and registry-framed input read (default: as the settings say; with the registry
-    framing that registers the schemas, ``streams.kafka.registry.framing_for``)."""
+    framing that registers the schemas, ``streams.kafka.registry.framing_for``). ``web``:
+    serve /metrics, /health and /ready (False: no web server, a replay run's default).
+    ``catch_up``: stop the worker (cleanly, as on SIGTERM) once it says the run caught up."""
     policy = policy or resolve_policy(settings.policy)
     if framing is None:
         framing = framing_for(
@@ -78,7 +88,7 @@ def build(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_commit_interval=1.0,
-        web_enabled=True,
+        web_enabled=web,
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
@@ -181,6 +191,19 @@ def build(
                 for partition, records in lag.records.items():
                     metrics.subscriber_lag.labels(group, str(partition)).set(records)
                 metrics.subscriber_lag_seconds.labels(group).set(lag.seconds)
+
+    if catch_up is not None:
+        stopping = asyncio.Event()
+
+        @app.timer(CATCH_UP_INTERVAL, on_leader=False)
+        async def until_caught_up() -> None:
+            if stopping.is_set():
+                return
+            loop = asyncio.get_running_loop()
+            if await loop.run_in_executor(None, catch_up.check):
+                stopping.set()
+                catch_up.close()
+                os.kill(os.getpid(), signal.SIGTERM)  # the clean stop of SIGTERM: exit 0
 
     if settings.clock == "wall":
         ticker = Ticker(settings)

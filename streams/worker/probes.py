@@ -1,12 +1,14 @@
 """Beside the agent: :class:`LagProbe` measures the consumer lag, :class:`SubscriberLagProbe`
 the lag of the escalations' subscribers, :class:`Ticker` appends wall-clock ticks to the input
-partitions (clock = "wall"). The probes block: the worker calls them in an executor thread."""
+partitions (clock = "wall"), :class:`CatchUp` tells when a replay run has processed the input as
+it was when the run started. The probes block: the worker calls them in an executor thread."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import (
@@ -19,6 +21,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streams.clinical.events import format_time
+from streams.errors import UsageError
 from streams.formats.avro import encode_event
 from streams.kafka.client import error_text
 from streams.kafka.settings import Settings
@@ -168,3 +171,91 @@ class Ticker:
             self.producer.produce(self.topic, key=b"", value=value, partition=partition,
                                   timestamp=now)  # fmt: skip
         self.producer.poll(0)
+
+
+class CatchUp:
+    """``stepcare worker --replay RUN --until-caught-up``: the input topic's end offsets when the
+    run starts, and whether the run's group has committed every partition up to them.
+
+    The worker commits an input offset only once the outputs of the events before it are safe
+    (at_least_once: every escalation acknowledged by the broker; exactly_once: in the same
+    transaction), so a committed offset at the end offset means every escalation of the records
+    before it is on the escalation topic. ``progress`` is told the records done after each
+    check, ``finish`` once caught up (``stepcare worker`` draws them on stderr).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        progress: Callable[[int], None] | None = None,
+        finish: Callable[[], None] | None = None,
+    ) -> None:
+        self.topic = settings.input_topic
+        self.group = settings.app_id
+        self.config = settings.confluent_config()
+        consumer = self._consumer()
+        try:
+            metadata = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
+            if metadata is None or metadata.error is not None:
+                raise UsageError(f"the input topic {self.topic} cannot be read")
+            self.starts: dict[int, int] = {}
+            self.ends: dict[int, int] = {}
+            for partition in sorted(metadata.partitions):
+                tp = TopicPartition(self.topic, partition)
+                low, high = consumer.get_watermark_offsets(tp, timeout=30, cached=False)
+                self.starts[partition], self.ends[partition] = low, high
+        except KafkaException as exc:
+            raise UsageError(f"cannot read the end offsets of {self.topic}: "
+                             f"{error_text(exc)}") from None  # fmt: skip
+        finally:
+            consumer.close()
+        self.total = sum(self.ends[p] - self.starts[p] for p in self.ends)
+        self.processed = 0
+        self.done = self.total == 0
+        self.started = time.monotonic()
+        self.finished: float | None = self.started if self.done else None
+        self.consumer: Consumer | None = None
+        self.progress = progress or (lambda done: None)
+        self.finish = finish or (lambda: None)
+
+    def _consumer(self) -> Consumer:
+        return Consumer({**self.config, "group.id": self.group, "enable.auto.commit": False})
+
+    def check(self) -> bool:
+        """Ask the broker for the group's committed offsets; True once caught up (blocking)."""
+        if self.done:
+            return True
+        try:
+            if self.consumer is None:
+                self.consumer = self._consumer()
+            tps = [TopicPartition(self.topic, p) for p in self.ends]
+            committed = {tp.partition: tp.offset for tp in self.consumer.committed(tps, timeout=5)}
+        except KafkaException as exc:
+            log.warning("replay progress not measured: %s", error_text(exc))
+            return False
+        processed = 0
+        caught_up = True
+        for partition, end in self.ends.items():
+            start = self.starts[partition]
+            offset = max(committed.get(partition, -1), start)  # none committed: the start
+            processed += min(offset, end) - start
+            caught_up = caught_up and offset >= end
+        self.processed = processed
+        if caught_up:
+            self.done = True
+            self.finished = time.monotonic()
+            self.finish()
+        else:
+            self.progress(processed)
+        return caught_up
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+
+    def summary(self) -> str:
+        seconds = (self.finished or time.monotonic()) - self.started
+        rate = self.total / seconds if seconds > 0 else 0.0
+        return (f"caught up: {self.total:,} records of {self.topic} processed and committed in "
+                f"{seconds:.1f} s ({rate:,.0f} records/s)")  # fmt: skip

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
+import statistics
 from pathlib import Path
 
 import pytest
 
 from streams.analysis.compare import compare
+from streams.analysis.seeds import Interval, interval, t_975
 from streams.cli import main
 from streams.clinical.escalations import VISIT_REQUEST_KINDS, Kind
 from streams.clinical.policy import builtin_policy
@@ -180,13 +183,18 @@ def test_one_log_under_two_policies_gives_the_numbers_worked_out_by_hand(
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"{log}: record 16: " in err
     assert err.strip().splitlines()[-1].startswith("compared 2 policy runs over 21 events (1 log)")
-    # The terminal table: one column per policy.
+    # The terminal table: one column per policy (A, B), then B/A.
+    header, *_ = out.splitlines()
+    assert re.split(r"\s{2,}", header.strip()) == ["A: step-pc-2024", "B: early-pc", "B/A"]
     lines = {re.split(r"\s{2,}", line.strip())[0]: line.split() for line in out.splitlines()}
-    assert lines["visit requests/patient < wk 24"][-2:] == ["2.00", "1.75"]
-    assert lines["visits done/patient < wk 4"][-2:] == ["0.50", "0.50"]
-    assert lines["stepped up"][-4:] == ["2", "(50.0%)", "0", "(0.0%)"]
-    assert lines["days to step-up, median [Q1-Q3]"][-3:] == ["37.0", "[35.5-38.5]", "-"]
-    assert lines["VISIT_OVERDUE"][-2:] == ["3", "4"]
+    assert lines["events (rejected)"][-5:] == ["21", "(1)", "21", "(1)", "1.00"]
+    assert lines["visit requests/patient < wk 24"][-3:] == ["2.00", "1.75", "0.88"]
+    assert lines["visits done/patient < wk 4"][-3:] == ["0.50", "0.50", "1.00"]
+    assert lines["stepped up"][-5:] == ["2", "(50.0%)", "0", "(0.0%)", "0.00"]
+    assert lines["days to step-up, median [Q1-Q3]"][-4:] == ["37.0", "[35.5-38.5]", "-", "-"]
+    assert lines["VISIT_OVERDUE"][-3:] == ["3", "4", "1.33"]
+    assert lines["STEP_UP"][-3:] == ["2", "0", "0.00"]
+    assert lines["policy"][-4:] == ["step-pc-2024", "v1", "early-pc", "v1"]  # no ratio of names
 
 
 def test_paired_inputs_run_each_log_under_its_own_policy(log: Path, tmp_path: Path) -> None:
@@ -246,3 +254,114 @@ def test_a_missing_input_is_a_usage_error(tmp_path: Path, capsys: pytest.Capture
     missing = tmp_path / "nope.jsonl"
     assert main(["compare", "--input", str(missing), "--policy", "early-pc"]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_per_patient_csv_gives_each_patients_escalations_requests_and_visits_per_policy(
+    log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "patients.csv"
+    status = main(["compare", "--input", str(log), "--policy", "step-pc-2024", "--policy",
+                   "early-pc", "--until", UNTIL, "--per-patient", str(out)])  # fmt: skip
+    assert status == 0
+    # Worked out from the comments of LOG. D's visit is ignored: D is in no run.
+    #   stepped: A INITIAL, STEP_UP, VISIT_OVERDUE; B INITIAL, VISIT_OVERDUE, TREATMENT_CHANGE,
+    #            CANCELLED; C INITIAL, POST_DISCHARGE, STEP_UP; E INITIAL, VISIT_OVERDUE,
+    #            SURVEY_OVERDUE.
+    #   early:   A INITIAL, MONTHLY, VISIT_OVERDUE; B INITIAL, VISIT_OVERDUE, MONTHLY,
+    #            CANCELLED; C INITIAL, MONTHLY, VISIT_OVERDUE; E INITIAL, VISIT_OVERDUE.
+    assert out.read_text() == (
+        "patient_id,step-pc-2024:escalations,step-pc-2024:visit_requests,"
+        "step-pc-2024:visits_completed,early-pc:escalations,early-pc:visit_requests,"
+        "early-pc:visits_completed\n"
+        "A,3,2,1,3,2,1\n"
+        "B,4,2,1,4,2,1\n"
+        "C,3,3,1,3,2,1\n"
+        "E,3,1,0,2,1,0\n"
+    )
+
+
+def test_seeds_give_each_number_its_mean_and_95_percent_t_interval(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "seeds.csv"
+    status = main(["compare", "--seeds", "3", "--seed", "4", "--patients", "25", "--policy",
+                   "step-pc-2024", "--policy", "early-pc", "--csv", str(out)])  # fmt: skip
+    table, err = capsys.readouterr()
+    assert status == 0
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("compared 2 policies over 3 simulated cohorts of 25 patients (seeds 4-6) in ")
+    )
+    with out.open() as fo:
+        rows = list(csv.DictReader(fo))
+    assert [(r["seed"], r["policy_id"]) for r in rows] == [
+        (str(s), p) for s in (4, 5, 6) for p in ("step-pc-2024", "early-pc")
+    ]
+    # Each seed is the trial comparison of `stepcare simulate --seed S --arm P` under P.
+    for seed in (4, 5, 6):
+        logs = []
+        for arm in ("step-pc-2024", "early-pc"):
+            path = tmp_path / f"{arm}-{seed}.jsonl"
+            assert main(["simulate", "--patients", "25", "--seed", str(seed), "--arm", arm,
+                         "--output", str(path)]) == 0  # fmt: skip
+            logs.append(str(path))
+        runs = compare(logs, [builtin_policy("step-pc-2024"), builtin_policy("early-pc")])
+        for run, row in zip(runs, [r for r in rows if r["seed"] == str(seed)], strict=True):
+            expected = run.report([24])
+            assert row["events"] == str(expected["events"])
+            assert float(row["visits_completed_per_patient_wk24"]) == pytest.approx(
+                expected["visits_completed_per_patient_wk24"], abs=1e-6
+            )
+    capsys.readouterr()
+    # mean ± t(0.975, 2) sd / sqrt(3), t(0.975, 2) = 4.303; B/A taken seed by seed.
+    lines = {line.split()[0]: line for line in table.splitlines()[1:]}
+    for key in ("visits_completed_per_patient_wk24", "visit_overdue"):
+        a = [float(r[key]) for r in rows if r["policy_id"] == "step-pc-2024"]
+        b = [float(r[key]) for r in rows if r["policy_id"] == "early-pc"]
+        cells = []
+        for values in (a, b, [y / x for x, y in zip(a, b, strict=True)]):
+            mean = statistics.fmean(values)
+            half = 4.303 * statistics.stdev(values) / math.sqrt(3)
+            cells.append(f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]")
+        assert re.split(r"\s{2,}", lines[key].strip()) == [key, *cells]
+    assert table.splitlines()[0].split("  ")[0] == "mean [95% CI], 3 seeds"
+
+
+@pytest.mark.parametrize(
+    ("df", "t"), [(1, 12.706), (2, 4.303), (10, 2.228), (30, 2.042), (40, 2.021), (60, 2.0),
+                  (120, 1.98), (10_000, 1.96)],
+)  # fmt: skip
+def test_t_quantiles_match_the_tables(df: int, t: float) -> None:
+    assert t_975(df) == pytest.approx(t, abs=0.0011)
+
+
+def test_interval_of_known_values() -> None:
+    found = interval([1.0, 2.0, 3.0, 4.0, 5.0])  # sd 1.5811, t(0.975, 4) = 2.776
+    assert found is not None
+    assert (found.mean, found.n) == (3.0, 5)
+    assert (round(found.low or 0, 4), round(found.high or 0, 4)) == (
+        1.0371,
+        4.9629,
+    )  # 3 -/+ 2.776 x 0.7071
+    assert interval([]) is None
+    assert interval([2.0]) == Interval(2.0, None, None, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "1"], "--seeds must be a whole number from 2 to 1000"),
+        (["--seeds", "x"], "--seeds must be a whole number from 2 to 1000"),
+        (["--seeds", "3", "--input", "a.jsonl"], "--seeds simulates the cohorts: give no --input"),
+        (["--seeds", "3", "--png", "a.png"], "--png and --per-patient need --input"),
+        (["--seeds", "3", "--patients", "0"], "--patients must be at least 1"),
+        ([], "give --input LOG (or --seeds N"),
+    ],
+)
+def test_seeds_usage_errors_exit_2_with_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["compare", "--policy", "early-pc", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"stepcare: {message}") and err.count("\n") == 1

@@ -652,8 +652,9 @@ def _assert_user_facing(command: str, status: Any, out: str, err: str, exc: Any)
     for line in out.splitlines():
         obj = orjson.loads(line)
         if command == "score":
-            assert list(obj) == ["PWB", "SWB", "EWB", "FWB", "LCS", "FACT_G", "FACT_L", "TOI",
-                                 "answered"]  # fmt: skip
+            ids = ["event_id", "patient_id"] if "event_id" in obj else []  # a form from an event
+            assert list(obj) == [*ids, "PWB", "SWB", "EWB", "FWB", "LCS", "FACT_G", "FACT_L",
+                                 "TOI", "answered"]  # fmt: skip
         else:
             assert obj["escalation_id"] and obj["kind"] in set(Kind)
     if command == "replay" and status == 0:

@@ -51,8 +51,41 @@ def test_jsonl_of_events_surveys_and_bare_maps_gives_one_line_each_in_order(
 
     status, scores, err = run(capsys, str(log))
 
-    assert (status, err) == (0, "")
-    assert scores == [ALL_TWOS_SCORES, SPARSE_SCORES, ALL_TWOS_SCORES]
+    assert (status, err) == (0, "scored 3 forms, skipped 0 non-survey events\n")
+    assert scores == [
+        {"event_id": "e-17", "patient_id": "p-001"} | ALL_TWOS_SCORES,
+        SPARSE_SCORES,
+        ALL_TWOS_SCORES,
+    ]
+    assert list(scores[0])[:2] == ["event_id", "patient_id"]  # the ids first
+
+
+def test_an_event_log_skips_the_events_that_are_not_surveys_and_counts_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def event(n: int, kind: str, **more: object) -> dict:
+        return {"event_id": f"e-{n}", "patient_id": f"p-{n % 2}",
+                "occurred_at": f"2024-03-0{n}T09:30:00Z", "type": kind, **more}  # fmt: skip
+
+    survey = {"instrument": "FACT-L", "version": "4", "responses": ALL_TWOS}
+    lines = [
+        event(1, "ENROLLED", baseline_visit_due_at="2024-03-02T00:00:00Z"),
+        event(2, "SURVEY_SUBMITTED", survey=survey),
+        event(3, "VISIT_COMPLETED", visit_request_id="v-1"),
+        event(4, "CLOCK_TICK"),
+        event(5, "SURVEY_SUBMITTED", survey={"responses": SPARSE}),
+        event(6, "DISENROLLED"),
+    ]
+    log = tmp_path / "events.jsonl"
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    status, scores, err = run(capsys, str(log))
+
+    assert (status, err) == (0, "scored 2 forms, skipped 4 non-survey events\n")
+    assert scores == [
+        {"event_id": "e-2", "patient_id": "p-0"} | ALL_TWOS_SCORES,
+        {"event_id": "e-5", "patient_id": "p-1"} | SPARSE_SCORES,
+    ]
 
 
 def test_a_pretty_printed_json_document_from_stdin(
@@ -62,7 +95,7 @@ def test_a_pretty_printed_json_document_from_stdin(
         "sys.stdin", io.StringIO(json.dumps({"survey": {"responses": SPARSE}}, indent=2))
     )
 
-    assert run(capsys) == (0, [SPARSE_SCORES], "")
+    assert run(capsys) == (0, [SPARSE_SCORES], "scored 1 form, skipped 0 non-survey events\n")
 
 
 @pytest.mark.parametrize(
@@ -73,8 +106,9 @@ def test_a_pretty_printed_json_document_from_stdin(
         ('{"GP1": 1}\n{"XX9": 1}', "line 2: unknown item code at position 1 of the responses"),
         ('{"GP1": 1}\n{"GP1": 1', "line 2: not JSON"),
         (
-            '{"event_id": "e-1", "type": "ENROLLED"}',
-            "line 1: event of type 'ENROLLED' carries no survey",
+            '{"event_id": "e-1", "type": "ENROLLED"}\n'
+            '{"event_id": "e-2", "type": "SURVEY_SUBMITTED"}',
+            "line 2: event of type 'SURVEY_SUBMITTED' carries no survey",
         ),
         ('{"instrument": "PHQ-9", "responses": {}}', "line 1: instrument 'PHQ-9' is not FACT-L"),
         ("[1, 2]", "line 1: expected a JSON object, got list"),
