@@ -356,7 +356,7 @@ class Settings:
     def for_replay(self, run: str) -> Settings:
         """A replay run's settings: a fresh consumer group (so it reads the input topic from its
         start), event-time clock, and its own output topics and data dir, so nothing it writes
-        reaches the live escalation topic or disturbs a live worker's state."""
+        reaches the live escalation topic or disturbs a live worker's state; no subscriber lag."""
         if not RUN_NAME.fullmatch(run):
             raise SettingsError(f"--replay {run!r}: a run name is letters, digits, '.', '_' or '-'")
 
@@ -370,6 +370,9 @@ class Settings:
             dead_letter_topic=beside(self.dead_letter_topic),
             data_dir=self.data_dir / f"replay-{run}",
             clock="event",
+            # The scheduling systems read the live topic, not the run's: their lag on it would
+            # be the run's whole output, and page someone.
+            subscriber_groups="",
         )
 
 

@@ -190,3 +190,16 @@ def test_subscriber_groups_are_a_comma_separated_list() -> None:
         with pytest.raises(SettingsError) as raised:
             Settings(subscriber_groups=bad)
         assert str(raised.value).startswith("STEPCARE_SUBSCRIBER_GROUPS=")
+
+
+def test_a_replay_run_has_its_own_topics_and_group_and_no_subscribers() -> None:
+    live = Settings(app_id="stepcare", subscriber_groups="scheduling")
+    run = live.for_replay("audit-2026")
+    assert (run.app_id, run.escalations_topic, run.dead_letter_topic, run.clock) == (
+        "stepcare-replay-audit-2026",
+        "stepcare.escalations.replay.audit-2026",
+        "stepcare.patient-events.dlq.replay.audit-2026",
+        "event",
+    )
+    assert run.input_topic == live.input_topic
+    assert run.subscribers() == () and live.subscribers() == ("scheduling",)
