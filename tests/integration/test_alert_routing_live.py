@@ -172,9 +172,14 @@ def test_a_bridge_dead_letter_reaches_the_ops_ticket_receiver(
         am_log,
     )
     # Prometheus: the repository's rules, the test's pages as a bridge and a worker.
+    # The SLO's long windows are recorded once a minute (`interval: 1m`); every second here,
+    # so the slow burn fires in seconds instead of a minute. Nothing else is changed.
+    slo = (RULES / "stepcare-slo.yml").read_text()
+    assert slo.count("interval: 1m") == 1
+    (tmp_path / "stepcare-slo.yml").write_text(slo.replace("interval: 1m", "interval: 1s"))
     (tmp_path / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"rule_files: ['{RULES / 'stepcare-service.yml'}', '{RULES / 'stepcare-slo.yml'}']\n"
+        f"rule_files: ['{RULES / 'stepcare-service.yml'}', '{tmp_path / 'stepcare-slo.yml'}']\n"
         "alerting:\n"
         f"  alertmanagers: [{{static_configs: [{{targets: ['127.0.0.1:{am_port}']}}]}}]\n"
         "scrape_configs:\n"
@@ -215,7 +220,7 @@ def test_a_bridge_dead_letter_reaches_the_ops_ticket_receiver(
         server.pages = {"/bridge": bridge_page(3), "/worker": worker_page(10, 6)}
         wait("two deliveries", lambda: len(server.deliveries) >= 2, logs)
 
-        # The ticket's long windows (1d, 3d) are recorded once a minute: when it fires too,
+        # The ticket's long windows (1d, 3d) are recorded apart: when it fires too,
         # Alertmanager holds it back (inhibited by the page) and delivers nothing more.
         def slow_burn_inhibited() -> bool:
             alerts = get_json(f"http://127.0.0.1:{am_port}/api/v2/alerts")

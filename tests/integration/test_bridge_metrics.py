@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 from hl7.client import MLLPClient
 
 from streams.formats.avro import encode_escalation
@@ -55,8 +56,13 @@ def test_fhir_out_counts_exactly_what_it_published_and_dead_lettered(
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
     try:
-        read_topic(kafka_bootstrap, target, expected=len(escalations), timeout=WAIT * 2)
-        read_topic(kafka_bootstrap, dlq, expected=len(refused), timeout=WAIT)
+        admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+        deadline = time.monotonic() + WAIT
+        while not {target, dlq} <= set(admin.list_topics(timeout=WAIT).topics):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)  # the bridge makes its topics at start: reading before sees none
+        assert len(read_topic(kafka_bootstrap, target, expected=len(escalations))) == 17
+        assert len(read_topic(kafka_bootstrap, dlq, expected=len(refused))) == 3
         deadline = time.monotonic() + WAIT
         while True:  # the lag is measured every 5 s
             metrics = scrape(str(port))
